@@ -1,0 +1,66 @@
+"""Atomic file output: a killed job never leaves a file that looks complete."""
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+@contextmanager
+def atomic_path(path):
+    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_json(path, obj):
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def load_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def save_text(path, text):
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_npz(path, **arrays):
+    # np.savez appends .npz to names without it, so write through a file object.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def save_png(path, array, palette=None):
+    """Save a uint8 label map (palette PNG when `palette` is given) or an RGB image."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    if palette is not None:
+        # frombytes keeps the label values as palette indices exactly.
+        img = Image.frombytes("P", (array.shape[1], array.shape[0]), array.tobytes())
+        img.putpalette(palette)
+    else:
+        img = Image.fromarray(array)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def save_torch(path, obj):
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -1,0 +1,35 @@
+"""Glue for `workflow/scripts/`: send a job's output to its log, shard image lists."""
+
+import os
+import sys
+from contextlib import contextmanager
+
+
+@contextmanager
+def log_to(path):
+    """Redirect stdout/stderr (file descriptors too, for C extensions) to `path`."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1) as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def shard(ids, index, count):
+    """The `index`-th of `count` interleaved shards of an id list (balanced image sizes)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard index {index} out of range for {count} shards")
+    return list(ids)[index::count]

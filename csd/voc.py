@@ -1,0 +1,106 @@
+"""PASCAL VOC conventions and the one dataset class used for real and synthetic data."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from torch.utils.data import Dataset
+
+CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASSES)  # foreground classes; label maps add 0 = background
+IGNORE = 255
+
+
+def palette():
+    """The VOC colour map as a flat list of 768 ints (index -> RGB), 255 = void colour."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal.flatten().tolist()
+
+
+def read_ids(path):
+    """Image ids of a split list, as strings (VOC ids like 2007_000032 are not numbers)."""
+    return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_labels_csv(path, labels):
+    """labels: {image_id: iterable of class indices} -> wide 0/1 CSV, one column per class."""
+    from csd.io import atomic_path
+
+    ids = sorted(labels)
+    table = np.zeros((len(ids), NUM_CLASSES), dtype=np.int64)
+    for row, image_id in enumerate(ids):
+        table[row, sorted(labels[image_id])] = 1
+    frame = pd.DataFrame(table, columns=CLASSES)
+    frame.insert(0, "image_id", ids)
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def load_labels(path):
+    """Wide label CSV -> {image_id: float32 multi-hot vector of length 20}."""
+    frame = pd.read_csv(path, dtype={"image_id": str})
+    missing = [c for c in ("image_id",) + CLASSES if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{path}: label CSV lacks columns {missing}")
+    values = frame[list(CLASSES)].to_numpy(dtype=np.float32)
+    return dict(zip(frame["image_id"], values))
+
+
+def load_image(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def load_label_png(path):
+    """A palette PNG -> uint8 index map (0 bg, 1..20 classes, 255 void)."""
+    return np.asarray(Image.open(path))
+
+
+class VOCDataset(Dataset):
+    """Images of a VOCdevkit tree (`.../VOC2012`), with image labels and/or label maps.
+
+    `mask_dir` defaults to the tree's SegmentationClass; pass a pseudo-mask directory to
+    train a segmenter on pseudo masks. `transform(sample) -> sample` sees a dict with
+    `id`, `image` (HxWx3 uint8), and `label` (20 floats) / `mask` (HxW uint8) when given.
+    """
+
+    def __init__(self, voc_root, ids, labels=None, with_mask=False, mask_dir=None,
+                 transform=None):
+        self.root = Path(voc_root)
+        self.ids = list(ids)
+        self.labels = labels
+        self.mask_dir = Path(mask_dir) if mask_dir else self.root / "SegmentationClass"
+        self.with_mask = with_mask or mask_dir is not None
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.ids)
+
+    def image_path(self, image_id):
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, image_id):
+        return self.mask_dir / f"{image_id}.png"
+
+    def __getitem__(self, index):
+        image_id = self.ids[index]
+        sample = {"id": image_id, "image": load_image(self.image_path(image_id))}
+        if self.labels is not None:
+            sample["label"] = self.labels[image_id]
+        if self.with_mask:
+            sample["mask"] = load_label_png(self.mask_path(image_id))
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
