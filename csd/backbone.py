@@ -62,13 +62,16 @@ def _set_stride_one(layer, dilation=1):
 class Backbone(nn.Module):
     """Stages of a ResNet: stage1 = stem+layer1 (stride 4) ... stage4 = layer4 (stride 16).
 
-    BatchNorm layers always use running statistics (IRN trains with small per-GPU batches);
-    their affine parameters stay learnable. `frozen_stages` stages get no gradient at all.
+    With `freeze_bn` (IRN's choice: small per-GPU batches, ImageNet statistics) BatchNorm
+    layers always use their running statistics; their affine parameters stay learnable.
+    Training from scratch (no ImageNet weights, e.g. on the synthetic benchmark) needs
+    `freeze_bn=False`. `frozen_stages` stages get no gradient at all.
     """
 
     def __init__(self, depth=50, pretrained="imagenet", strides=(2, 2, 2, 1), frozen_stages=2,
-                 dilate_last=False):
+                 freeze_bn=True, dilate_last=False):
         super().__init__()
+        self.freeze_bn = freeze_bn
         net = load_resnet(depth, pretrained, strides, dilate_last)
         self.stage1 = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1)
         self.stage2, self.stage3, self.stage4 = net.layer2, net.layer3, net.layer4
@@ -85,6 +88,8 @@ class Backbone(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
+        if not self.freeze_bn:
+            return self
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()

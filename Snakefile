@@ -1,0 +1,25 @@
+# CSD / IRN weakly-supervised semantic segmentation, from the VOC download to the results.
+#   snakemake --cores 8 --resources gpu=2                       (PASCAL VOC, config/config.yaml)
+#   snakemake --cores 2 --configfile config/demo.yaml           (built-in synthetic benchmark)
+from snakemake.utils import min_version
+
+from csd.config import validate_config
+
+min_version("9.19")
+
+
+# The published defaults; --configfile files given on the command line override keys of it.
+configfile: f"{workflow.basedir}/config/config.yaml"
+
+
+validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    input:
+        final_targets(),
+    default_target: True

@@ -1,0 +1,214 @@
+"""IRN's inter-pixel relation network (edge branch) and its training pairs and losses.
+
+A frozen ResNet feeds a light edge branch that predicts a class-boundary map at stride 4.
+Training never sees boundaries: for pixel pairs within `radius` on the stride-4 grid, the
+affinity of a pair is 1 - (max boundary probability on the path between them), and the IR
+label map (confident bg / classes / 255 unsure) says which pairs must be connected (same
+label) and which separated (different labels). The random walk at inference
+(csd.random_walk) reads the same kind of affinities from the trained boundary map.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from csd.backbone import Backbone
+from csd.voc import IGNORE
+
+EDGE_WIDTH = 32   # channels of each stage's 1x1 projection in IRN's edge branch
+EDGE_GROUPS = 4   # GroupNorm groups of those projections
+EPS = 1e-5        # IRN's log guard in the affinity losses
+
+
+def _stage_stride(layer):
+    return max(m.stride[0] for m in layer[0].modules() if isinstance(m, nn.Conv2d))
+
+
+class EdgeNet(nn.Module):
+    """Frozen backbone + IRN's edge branch; forward(x) -> edge logits [B, 1, ceil(H/4), ceil(W/4)].
+
+    Five features as in IRN: the stem output (after max-pool) and the four ResNet stages,
+    each projected to 32 channels (1x1 conv, GroupNorm, upsampled to stride 4, ReLU),
+    concatenated and reduced to one logit by a 1x1 conv with bias.
+    """
+
+    def __init__(self, backbone_settings, pretrained=None):
+        super().__init__()
+        self.backbone = Backbone(depth=backbone_settings["depth"], pretrained=pretrained,
+                                 strides=tuple(backbone_settings["strides"]),
+                                 frozen_stages=4, freeze_bn=True)
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        stem_channels = self.backbone.stage1[0].out_channels
+        layers = [self.backbone.stage1[4], self.backbone.stage2, self.backbone.stage3,
+                  self.backbone.stage4]
+        strides, stride = [1], 1
+        for layer in layers:
+            stride *= _stage_stride(layer)
+            strides.append(stride)
+        # stride relative to the stem (stride 4); layer1 never strides in torchvision
+        self.upsample = strides[:1] + strides[1:]
+        self.edge_layers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, EDGE_WIDTH, 1, bias=False),
+                          nn.GroupNorm(EDGE_GROUPS, EDGE_WIDTH))
+            for c in [stem_channels] + list(self.backbone.channels))
+        self.edge_out = nn.Conv2d(EDGE_WIDTH * 5, 1, 1, bias=True)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.backbone.eval()  # frozen: BatchNorm keeps its running statistics
+        return self
+
+    def edge_parameters(self):
+        return list(self.edge_layers.parameters()) + list(self.edge_out.parameters())
+
+    def features(self, x):
+        """The five frozen features (no graph is kept: the backbone never learns here)."""
+        with torch.no_grad():
+            stem = self.backbone.stage1[:4](x)
+            feats = [stem, self.backbone.stage1[4](stem)]
+            for stage in (self.backbone.stage2, self.backbone.stage3, self.backbone.stage4):
+                feats.append(stage(feats[-1]))
+        return feats
+
+    def forward(self, x):
+        feats = self.features(x)
+        h, w = feats[0].shape[-2:]
+        outs = []
+        for feat, layer, factor in zip(feats, self.edge_layers, self.upsample):
+            y = layer(feat)
+            if factor > 1:
+                # IRN: upsample by the stride ratio, then crop to the stride-4 grid
+                y = F.interpolate(y, scale_factor=factor, mode="bilinear",
+                                  align_corners=False)[..., :h, :w]
+            outs.append(F.relu(y))
+        return self.edge_out(torch.cat(outs, dim=1))
+
+
+def build_irn(settings, cam_model=None):
+    """EdgeNet from train_irn settings; with settings["init_from_cam"] the backbone weights
+    come from the CAM classifier file `cam_model` ({"model": state_dict, "settings"}, keys
+    prefixed "backbone.") instead of settings["backbone"]["pretrained"]."""
+    backbone = settings["backbone"]
+    if not settings["init_from_cam"]:
+        return EdgeNet(backbone, pretrained=backbone["pretrained"])
+    if cam_model is None:
+        raise ValueError("train_irn: settings['init_from_cam'] is true but no cam_model "
+                         "file was given")
+    net = EdgeNet(backbone, pretrained=None)
+    saved = torch.load(cam_model, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise ValueError(f"{cam_model}: not a classifier file ({{'model': state_dict, ...}})")
+    state = {k[len("backbone."):]: v for k, v in saved["model"].items()
+             if k.startswith("backbone.")}
+    if not state:
+        raise ValueError(f"{cam_model}: no 'backbone.' weights in its state_dict")
+    try:
+        net.backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        cam_depth = saved.get("settings", {}).get("backbone", {}).get("depth")
+        raise ValueError(f"{cam_model}: backbone weights (depth {cam_depth}) do not fit "
+                         f"train_irn backbone depth {backbone['depth']}: {err}") from None
+    return net
+
+
+def load_irn(path, device="cpu"):
+    """A trained EdgeNet from train_irn's output file, in eval mode on `device`."""
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(saved, dict) or "model" not in saved or "settings" not in saved:
+        raise ValueError(f"{path}: not a train_irn output ({{'model', 'settings'}})")
+    net = EdgeNet(saved["settings"]["backbone"], pretrained=None)
+    net.load_state_dict(saved["model"], strict=True)
+    return net.to(device).eval()
+
+
+# ---- pixel pairs within a radius (IRN's misc/indexing.PathIndex, on fixed-size crops) ----
+
+def search_paths(radius):
+    """IRN's pair directions and the grid path from a pixel to its partner.
+
+    Directions (dy, dx) cover half a disc (dy > 0, or dy = 0 and dx > 0) with
+    dy^2 + dx^2 < radius^2, so each unordered pair is counted once. A path is the set of
+    grid points in the pair's bounding box closer than 1 to the line between the pixels,
+    the source (0, 0) and the destination included.
+    Returns a list of (direction, path) with path an int array [L, 2] of (dy, dx).
+    """
+    r = int(math.ceil(radius))
+    directions = [(0, x) for x in range(1, r)]
+    directions += [(y, x) for y in range(1, r) for x in range(-r + 1, r)
+                   if x * x + y * y < radius ** 2]
+    out = []
+    for dy, dx in directions:
+        length_sq = dy * dy + dx * dx
+        path = [(y, x)
+                for y in range(min(0, dy), max(0, dy) + 1)
+                for x in range(min(0, dx), max(0, dx) + 1)
+                if (dy * x - dx * y) ** 2 / length_sq < 1]
+        out.append(((dy, dx), np.asarray(path, dtype=np.int64)))
+    return out
+
+
+def _margin(radius):
+    return int(math.ceil(radius)) - 1
+
+
+def _shifted(x, dy, dx, margin):
+    """x[..., dy + i, margin + dx + j] for the source pixels (i, j) of a grid: rows
+    [0, H - margin), columns [margin, W - margin) (every partner lies inside the grid)."""
+    h, w = x.shape[-2:]
+    return x[..., dy:dy + h - margin, margin + dx:margin + dx + w - 2 * margin]
+
+
+def edge_to_affinity(edge, radius):
+    """edge probabilities [B, h, w] -> pair affinities [B, D, h - m, w - 2m], m = ceil(r) - 1.
+
+    Affinity of a pair = 1 - max edge probability along its path (IRN); D directions in the
+    order of search_paths(radius). Differentiable in `edge`.
+    """
+    margin = _margin(radius)
+    if edge.shape[-2] <= margin or edge.shape[-1] <= 2 * margin:
+        raise ValueError(f"edge map {tuple(edge.shape[-2:])} too small for radius {radius}")
+    affs = []
+    for _, path in search_paths(radius):
+        along = torch.stack([_shifted(edge, int(y), int(x), margin) for y, x in path])
+        affs.append(1 - along.amax(dim=0))
+    return torch.stack(affs, dim=1)
+
+
+def pair_labels(label, radius):
+    """IR labels at stride 4 [B, h, w] -> boolean pair sets (bg_pos, fg_pos, neg), each
+    [B, D, h - m, w - 2m] aligned with edge_to_affinity. Pairs touching IGNORE are in none.
+    """
+    margin = _margin(radius)
+    source = _shifted(label, 0, 0, margin).unsqueeze(1)
+    target = torch.stack([_shifted(label, dy, dx, margin)
+                          for (dy, dx), _ in search_paths(radius)], dim=1)
+    valid = (source != IGNORE) & (target != IGNORE)
+    same = source == target
+    pos = same & valid
+    return pos & (source == 0), pos & (source > 0), ~same & valid
+
+
+def downsample_label(mask):
+    """Crop label [B, H, W] -> stride-4 grid [B, ceil(H/4), ceil(W/4)] (IRN: nearest,
+    i.e. every 4th pixel), the grid of the edge map."""
+    return mask[..., ::4, ::4]
+
+
+def affinity_loss(aff, bg_pos, fg_pos, neg):
+    """IRN's losses, each averaged over its pair set in the batch: pos -log(aff + eps),
+    neg -log(1 + eps - aff). Returns (total, parts) with IRN's total
+    (bg_pos / 2 + fg_pos / 2 + neg) / 2."""
+    def mean_over(loss, mask):
+        mask = mask.to(loss.dtype)
+        return (loss * mask).sum() / (mask.sum() + EPS)
+
+    pos_loss = -torch.log(aff + EPS)
+    parts = {"bg_pos": mean_over(pos_loss, bg_pos),
+             "fg_pos": mean_over(pos_loss, fg_pos),
+             "neg": mean_over(-torch.log(1 + EPS - aff), neg)}
+    total = (parts["bg_pos"] / 2 + parts["fg_pos"] / 2 + parts["neg"]) / 2
+    return total, parts

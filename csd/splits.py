@@ -1,0 +1,138 @@
+"""Image lists and image-level labels of PASCAL VOC 2012 (+ SBD for train_aug)."""
+
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from csd.io import save_json, save_text
+from csd.voc import CLASSES, read_ids, write_labels_csv
+
+log = logging.getLogger(__name__)
+
+CLASS_INDEX = {name: index for index, name in enumerate(CLASSES)}
+SPLITS = ("train", "val", "train_aug", "test")
+
+
+def _read_list(path):
+    """Ids of one list file, as strings, duplicates dropped (with a warning)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"split list {path} does not exist")
+    ids = read_ids(path)
+    for image_id in ids:
+        # Ids become file names: refuse anything that could leave the dataset tree.
+        if "/" in image_id or "\\" in image_id or image_id in (".", ".."):
+            raise ValueError(f"{path}: invalid image id {image_id!r}")
+    unique = set(ids)
+    if len(unique) != len(ids):
+        log.warning("%s lists %d ids more than once; using each once",
+                    path, len(ids) - len(unique))
+    return unique
+
+
+def _require_files(ids, folder, suffix, list_name):
+    """ValueError naming the first missing `folder/<id><suffix>` of a split."""
+    missing = [folder / f"{image_id}{suffix}" for image_id in sorted(ids)
+               if not (folder / f"{image_id}{suffix}").is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]} is missing ({len(missing)} of the {len(ids)} images "
+                         f"listed in {list_name} lack a {suffix} file in {folder})")
+
+
+def image_classes(xml_path):
+    """Class indices named by the `<object><name>` tags of one VOC annotation XML."""
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise ValueError(f"{xml_path}: annotation XML is missing")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise ValueError(f"{xml_path}: malformed XML ({err})") from err
+    classes = set()
+    # Only direct <object> children: person <part>s carry <name>s (head, hand, foot) too.
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASS_INDEX:
+            raise ValueError(f"{xml_path}: unknown class name {name!r}")
+        classes.add(CLASS_INDEX[name])
+    return classes
+
+
+def build_splits(voc_root, sbd_root, out_dir, settings):
+    """Write train/val/train_aug(/test) lists, labels.csv and stats.json into `out_dir`.
+
+    train_aug = (VOC train | SBD train | SBD val) - VOC val, the usual 10,582 images.
+    `sbd_root` None: train_aug is VOC train alone (a warning says so).
+    """
+    voc_root, out_dir = Path(voc_root), Path(out_dir)
+    expected = settings["expected_counts"]
+    for name in expected or {}:
+        if name not in SPLITS:
+            raise ValueError(f"settings expected_counts: unknown split {name!r} "
+                             f"(known: {', '.join(SPLITS)})")
+    lists = voc_root / "ImageSets" / "Segmentation"
+    splits = {"train": _read_list(lists / "train.txt"), "val": _read_list(lists / "val.txt")}
+    sources = {"voc_train": len(splits["train"]), "voc_val": len(splits["val"])}
+    train_aug = set(splits["train"])
+    if sbd_root is None:
+        log.warning("no SBD given: train_aug is VOC train alone (%d images, not 10,582)",
+                    len(train_aug))
+    else:
+        for name in ("train", "val"):
+            sbd_ids = _read_list(Path(sbd_root) / f"{name}.txt")
+            sources[f"sbd_{name}"] = len(sbd_ids)
+            train_aug |= sbd_ids
+    # VOC val is the evaluation set: no training image may come from it.
+    splits["train_aug"] = train_aug - splits["val"]
+    if (lists / "test.txt").is_file():
+        splits["test"] = _read_list(lists / "test.txt")
+
+    origin = {name: lists / f"{name}.txt" for name in splits}
+    origin["train_aug"] = "train_aug (VOC train + SBD train + SBD val)"
+    for name, ids in splits.items():
+        _require_files(ids, voc_root / "JPEGImages", ".jpg", origin[name])
+    for name in ("train", "val"):  # the ground truth of seed/mask/segmentation mIoU
+        _require_files(splits[name], voc_root / "SegmentationClass", ".png", origin[name])
+
+    labelled = splits["train"] | splits["val"] | splits["train_aug"]
+    labels = {image_id: image_classes(voc_root / "Annotations" / f"{image_id}.xml")
+              for image_id in sorted(labelled)}
+    unlabelled = sorted(i for i, classes in labels.items() if not classes)
+    if unlabelled:
+        log.warning("%d images have no <object> in their XML, e.g. %s",
+                    len(unlabelled), unlabelled[0])
+
+    counts = {name: len(ids) for name, ids in splits.items()}
+    mismatches = {}
+    for name, count in (expected or {}).items():
+        if counts.get(name) != count:
+            mismatches[name] = {"expected": count, "actual": counts.get(name)}
+            log.warning("split %s has %s images, expected %d (fine for a subset, "
+                        "wrong for full VOC 2012)", name, counts.get(name), count)
+
+    aug_sizes = [len(labels[i]) for i in splits["train_aug"]]
+    n_aug = max(len(aug_sizes), 1)
+    stats = {
+        "counts": counts,
+        "sources": sources,
+        "sbd": sbd_root is not None,
+        "train_aug": {
+            "single_label": sum(s == 1 for s in aug_sizes) / n_aug,
+            "multi_label": sum(s > 1 for s in aug_sizes) / n_aug,
+            "single_label_images": sum(s == 1 for s in aug_sizes),
+            "multi_label_images": sum(s > 1 for s in aug_sizes),
+            "no_label_images": sum(s == 0 for s in aug_sizes),
+        },
+        "class_images": {
+            name: {c: sum(CLASS_INDEX[c] in labels[i] for i in splits[name]) for c in CLASSES}
+            for name in ("train", "val", "train_aug")
+        },
+        "expected_counts": expected,
+        "count_mismatches": mismatches,
+    }
+
+    for name, ids in splits.items():
+        save_text(out_dir / f"{name}.txt", "".join(f"{i}\n" for i in sorted(ids)))
+    write_labels_csv(out_dir / "labels.csv", labels)
+    save_json(out_dir / "stats.json", stats)
+    return stats

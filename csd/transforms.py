@@ -1,0 +1,87 @@
+"""Training augmentations on sample dicts, built on torchvision.transforms.v2.
+
+v2 applies one set of random parameters to every tv_tensor in a call, so an image and its
+label map (or CSD's source and target images) always get the same resize, flip and crop.
+"""
+
+import numpy as np
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+from csd.backbone import MEAN, STD
+from csd.voc import IGNORE
+
+
+class RandomResize(v2.Transform):
+    """Resize by a random factor: mode "long" draws the long side in [lo, hi] pixels (IRN's
+    train_cam), mode "scale" draws a scale factor in [lo, hi] (IRN's train_irn, DeepLab)."""
+
+    def __init__(self, lo, hi, mode):
+        super().__init__()
+        if mode not in ("long", "scale"):
+            raise ValueError(f"RandomResize mode must be 'long' or 'scale', got {mode!r}")
+        self.lo, self.hi, self.mode = lo, hi, mode
+
+    def make_params(self, flat_inputs):
+        h, w = v2.query_size(flat_inputs)
+        draw = self.lo + (self.hi - self.lo) * torch.rand(()).item()
+        factor = draw / max(h, w) if self.mode == "long" else draw
+        return {"size": [max(1, round(h * factor)), max(1, round(w * factor))]}
+
+    def transform(self, inpt, params):
+        # Label maps must stay integral: nearest neighbour for masks, bilinear for images.
+        interp = (v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask)
+                  else v2.InterpolationMode.BILINEAR)
+        return self._call_kernel(F.resize, inpt, params["size"], interpolation=interp,
+                                 antialias=True)
+
+
+def to_tv(sample):
+    """numpy HWC image / HW mask -> tv_tensors, so v2 transforms know what each one is."""
+    out = dict(sample)
+    for key, value in sample.items():
+        if key.endswith("image"):
+            out[key] = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(value))
+                                        .permute(2, 0, 1))
+        elif key.endswith("mask"):
+            out[key] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(value)))
+    return out
+
+
+def normalize_and_crop(crop):
+    """Normalise to ImageNet statistics, then crop; padding is 0 (= the mean) for images and
+    IGNORE for masks, as in IRN."""
+    steps = [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+             v2.Normalize(MEAN, STD)]
+    if crop:
+        steps.append(v2.RandomCrop(crop, pad_if_needed=True,
+                                   fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE}))
+    return steps
+
+
+def train_transform(resize_mode, resize_range, crop, flip=True):
+    """resize_mode "long"/"scale" with resize_range [lo, hi], horizontal flip, normalise, crop."""
+    steps = [to_tv, RandomResize(resize_range[0], resize_range[1], resize_mode)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += normalize_and_crop(crop)
+    steps.append(_plain)
+    return v2.Compose(steps)
+
+
+def eval_transform():
+    """Normalisation only (inference runs its own scales and flips)."""
+    return v2.Compose([to_tv] + normalize_and_crop(None) + [_plain])
+
+
+def _plain(sample):
+    """tv_tensors -> plain tensors; masks as int64 for the losses."""
+    out = dict(sample)
+    for key, value in sample.items():
+        if isinstance(value, tv_tensors.Mask):
+            out[key] = value.as_subclass(torch.Tensor).long()
+        elif isinstance(value, tv_tensors.Image):
+            out[key] = value.as_subclass(torch.Tensor)
+    return out

@@ -1,0 +1,60 @@
+# Data: the real VOC 2012 + SBD download, the synthetic benchmark, and the split lists.
+
+
+localrules:
+    fetch_voc,
+
+
+rule fetch_voc:
+    output:
+        directory(f"{DATA}/voc"),
+    input:
+        code=pkg("download"),
+    params:
+        settings=config["dataset"]["voc"],
+    log:
+        f"{LOGS}/data/fetch_voc.log",
+    conda:
+        ENV
+    script:
+        "../scripts/fetch_voc.py"
+
+
+rule make_toyvoc:
+    output:
+        directory(f"{DATA}/toyvoc"),
+    input:
+        code=pkg("toyvoc", "voc", "io"),
+    params:
+        settings=config["dataset"]["toyvoc"],
+    log:
+        f"{LOGS}/data/make_toyvoc.log",
+    benchmark:
+        f"{LOGS}/benchmark/data/make_toyvoc.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/make_toyvoc.py"
+
+
+rule build_splits:
+    output:
+        train_aug=f"{SPLITS}/train_aug.txt",
+        train=f"{SPLITS}/train.txt",
+        val=f"{SPLITS}/val.txt",
+        labels=f"{SPLITS}/labels.csv",
+        stats=f"{SPLITS}/stats.json",
+    input:
+        data=dataset_dir(),
+        code=pkg("splits", "voc", "io"),
+    params:
+        voc_root=voc_root(),
+        sbd_root=sbd_root(),
+        settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
+                  if DATASET == "voc" else None},
+    log:
+        f"{LOGS}/data/build_splits.log",
+    conda:
+        ENV
+    script:
+        "../scripts/build_splits.py"

@@ -1,0 +1,8 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../..")
+from csd.download import fetch_voc
+from csd.runner import log_to
+
+with log_to(snakemake.log[0]):
+    fetch_voc(snakemake.output[0], snakemake.params.settings)
