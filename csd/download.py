@@ -225,8 +225,10 @@ def fetch_voc(out_dir, settings):
         if spec["md5"] is None:
             log.warning("archives.%s (%s) has no md5 in the config: it is used UNVERIFIED",
                         name, spec["filename"])
+        print(f"fetching {name}: {spec['filename']}", file=sys.stderr, flush=True)
         archive = download(spec["url"], download_dir / spec["filename"],
                            md5=spec["md5"], mirror=settings["mirror"])
+        print(f"extracting {archive} into {out_dir}", file=sys.stderr, flush=True)
         extract(archive, out_dir)
         expected = out_dir / EXPECTED_DIRS[name]
         if not expected.exists():
