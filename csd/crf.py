@@ -17,8 +17,8 @@ def _mean_field(image, unary, settings):
     crf = dcrf.DenseCRF2D(w, h, n)
     crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
     crf.addPairwiseGaussian(sxy=settings["gaussian_sxy"], compat=settings["gaussian_compat"])
-    # pydensecrf reads the raw buffer: it must be a C-contiguous uint8 copy.
-    rgb = np.ascontiguousarray(image, dtype=np.uint8)
+    # pydensecrf wants a writeable C-contiguous uint8 buffer (decoded images are read-only).
+    rgb = np.array(image, dtype=np.uint8, order="C", copy=True)
     crf.addPairwiseBilateral(sxy=settings["bilateral_sxy"], srgb=settings["bilateral_srgb"],
                              rgbim=rgb, compat=settings["bilateral_compat"])
     q = crf.inference(settings["iterations"])

@@ -41,8 +41,8 @@ def cam_to_ir_label(image, cam_pack, settings):
 
 
 def _make_one(image_id, voc_root, cam_dirs, out_dir, settings):
-    image = load_image(Path(voc_root) / "JPEGImages" / f"{image_id}.jpg")
     cam_pack = load_cam_pack(cam_dirs, image_id, fields=("keys", "high_res"))
+    image = load_image(Path(voc_root) / "JPEGImages" / f"{image_id}.jpg")
     try:
         conf = cam_to_ir_label(image, cam_pack, settings)
     except ValueError as err:

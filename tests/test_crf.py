@@ -19,6 +19,7 @@ def two_colour_image(h=40, w=60):
 
 def test_label_crf_keeps_image_consistent_labels():
     image, labels = two_colour_image()
+    image.setflags(write=False)  # decoded images are read-only; the CRF must cope
     out = crf_inference_label(image, labels, 3, SETTINGS)
     assert out.shape == labels.shape
     np.testing.assert_array_equal(out, labels)
