@@ -57,9 +57,9 @@ APPEARANCE = {
     "bus": dict(shape="bus", texture="windows", colors=((250, 200, 20), (40, 50, 70), (30, 30, 30)), aspect=1.8, rotation=5),
     "car": dict(shape="car", texture="solid", colors=((35, 75, 210), (35, 75, 210), (25, 25, 25)), aspect=1.9, rotation=5),
     "cat": dict(shape="cat", texture="stripes", colors=((215, 130, 50), (110, 55, 20), (240, 200, 160)), aspect=1.0, rotation=20),
-    "chair": dict(shape="chair", texture="checker", colors=((125, 70, 30), (185, 125, 70), (125, 70, 30)), aspect=0.8, rotation=8),
+    "chair": dict(shape="chair", texture="checker", colors=((175, 30, 35), (240, 225, 190), (175, 30, 35)), aspect=0.8, rotation=8),
     "cow": dict(shape="cow", texture="spots", colors=((245, 245, 240), (20, 20, 20), (230, 160, 160)), aspect=1.6, rotation=8),
-    "diningtable": dict(shape="table", texture="grain", colors=((185, 135, 80), (140, 95, 50), (120, 80, 40)), aspect=1.5, rotation=6),
+    "diningtable": dict(shape="table", texture="grain", colors=((235, 232, 220), (195, 185, 165), (70, 45, 25)), aspect=1.5, rotation=6),
     "dog": dict(shape="dog", texture="noise", colors=((150, 95, 50), (90, 55, 25), (60, 35, 20)), aspect=1.4, rotation=10),
     "horse": dict(shape="horse", texture="solid", colors=((120, 55, 20), (120, 55, 20), (40, 25, 15)), aspect=1.3, rotation=8),
     "motorbike": dict(shape="motorbike", texture="checker", colors=((225, 30, 160), (40, 40, 40), (25, 25, 25)), aspect=1.6, rotation=8),
@@ -77,7 +77,7 @@ _RANGES = {
     "n_sbd_train": (0, None), "n_sbd_val": (0, None), "sbd_overlap": (0, None),
     "size_min": (32, None), "size_max": (32, None), "context_strength": (0.0, 1.0),
     "single_label_fraction": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
-    "max_instances": (1, None), "object_min_frac": (0.0, 1.0), "object_max_frac": (0.0, 1.0),
+    "max_instances": (1, 100), "object_min_frac": (0.0, 1.0), "object_max_frac": (0.0, 1.0),
     "min_visible_frac": (0.0, 1.0), "void_width": (0, None), "jpeg_quality": (1, 100),
 }
 _INT_KEYS = {"seed", "n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap",
@@ -182,28 +182,71 @@ def plan_image(settings, index):
         else:  # extra instances repeat one of the image's classes
             cls = classes[int(extra_class_picks[k] * n_classes)]
         look = APPEARANCE[CLASSES[cls]]
-        area = (settings["object_min_frac"]
-                + frac * (settings["object_max_frac"] - settings["object_min_frac"])) * width * height
-        aspect = look["aspect"] * (0.8 + 0.4 * aspect_jitter)
-        half_w = 0.5 * np.sqrt(area * aspect)
-        half_h = 0.5 * np.sqrt(area / aspect)
-        scale = min(1.0, 0.5 * width / half_w, 0.5 * height / half_h)  # fit the frame
-        half_w, half_h = half_w * scale, half_h * scale
-        # Up to 30% of the half-extent may leave the frame: truncated objects, as in VOC.
-        margin_x, margin_y = 0.7 * half_w, 0.7 * half_h
-        instances.append(dict(
-            cls=cls, half_w=float(half_w), half_h=float(half_h),
-            cx=float(margin_x + cx * max(width - 2 * margin_x, 0.0)),
-            cy=float(margin_y + cy * max(height - 2 * margin_y, 0.0)),
-            angle=float((2 * rot - 1) * look["rotation"]), flip=bool(flip < 0.5),
-        ))
-    # Paint large objects first so small ones stay visible; the main class's first
-    # instance goes on top so the class that chose the context is never hidden.
-    order = sorted(range(1, n_instances), key=lambda k: -instances[k]["half_w"] * instances[k]["half_h"])
-    instances = [instances[k] for k in order] + [instances[0]]
+        frac = settings["object_min_frac"] + frac * (settings["object_max_frac"] - settings["object_min_frac"])
+        inst = dict(cls=cls, angle=float((2 * rot - 1) * look["rotation"]), flip=bool(flip < 0.5))
+        inst.update(_place(frac * width * height, look["aspect"] * (0.8 + 0.4 * aspect_jitter),
+                           cx, cy, width, height))
+        if k < n_classes:
+            # Each class's first instance is grown until, unoccluded, the void band leaves
+            # it enough labelled pixels (thin chairs and bicycles in small images).
+            grow = 1.0
+            while _labelled_pixels(inst, width, height, settings) < _min_pixels(settings, width, height) \
+                    and grow < 30:
+                grow *= 1.25
+                inst.update(_place(grow * frac * width * height,
+                                   look["aspect"] * (0.8 + 0.4 * aspect_jitter), cx, cy, width, height))
+        instances.append(inst)
+    # Paint order: repeated instances at the bottom, then each class's first instance,
+    # large before small so small ones stay visible; the main instance goes on top, so
+    # the class that chose the context is never hidden (it keeps its labelled pixels).
+    def by_size(ks):
+        return sorted(ks, key=lambda k: -instances[k]["half_w"] * instances[k]["half_h"])
+
+    order = by_size(range(n_classes, n_instances)) + by_size(range(1, n_classes)) + [0]
+    instances = [instances[k] for k in order]
     return dict(index=index, id=image_id(index), width=width, height=height, main=main,
                 classes=classes, context=context, preferred=context == preferred,
                 partnered=partnered, instances=instances)
+
+
+def _place(area, aspect, cx, cy, width, height):
+    """Half extents and centre of an object of `area` px and `aspect` at relative (cx, cy)."""
+    half_w = 0.5 * np.sqrt(area * aspect)
+    half_h = 0.5 * np.sqrt(area / aspect)
+    scale = min(1.0, 0.5 * width / half_w, 0.5 * height / half_h)  # fit the frame
+    half_w, half_h = half_w * scale, half_h * scale
+    # Up to 30% of the half-extent may leave the frame: truncated objects, as in VOC.
+    margin_x, margin_y = 0.7 * half_w, 0.7 * half_h
+    return dict(half_w=float(half_w), half_h=float(half_h),
+                cx=float(margin_x + cx * max(width - 2 * margin_x, 0.0)),
+                cy=float(margin_y + cy * max(height - 2 * margin_y, 0.0)))
+
+
+def _min_pixels(settings, width, height):
+    return max(settings["min_visible_frac"] * width * height, 1)
+
+
+def _object_uv(inst, width, height):
+    """Object coordinates (u, v) of every pixel centre: the object spans [-1, 1]^2."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    a = np.deg2rad(inst["angle"])
+    dx, dy = x - inst["cx"], y - inst["cy"]
+    u = (dx * np.cos(a) + dy * np.sin(a)) / inst["half_w"]
+    v = (-dx * np.sin(a) + dy * np.cos(a)) / inst["half_h"]
+    return (-u if inst["flip"] else u), v
+
+
+def _void_kernel(settings):
+    return np.ones((settings["void_width"] + 1,) * 2, np.uint8)  # k-wide window: k-1 px band
+
+
+def _labelled_pixels(inst, width, height, settings):
+    """Pixels of an unoccluded instance that stay labelled after the void band."""
+    mask, _ = shape_mask(APPEARANCE[CLASSES[inst["cls"]]]["shape"], *_object_uv(inst, width, height))
+    mask = mask.astype(np.uint8)
+    if settings["void_width"] > 0:
+        mask = cv2.erode(mask, _void_kernel(settings))
+    return int(mask.sum())
 
 
 # ---------------------------------------------------------------- object silhouettes
@@ -477,9 +520,10 @@ def make_background(context, h, w, rng):
         img[frame] = jitter((150, 190, 225), 20)
         img[frame & ~_box(x, y, left + 2, right - 2, top + 2, top + 0.3 * h - 2)] = (95, 70, 55)
     elif context == "snow":
-        img[:] = jitter((238, 242, 250), 6)
-        img -= 25 * np.clip(_smooth_noise(rng, h, w, 8), 0, None)[..., None] * np.array([1.0, 0.7, 0.2], np.float32)
-        img += 25 * (rng.random((h, w, 1)) < 0.01)  # sparkle
+        img[:] = jitter((242, 244, 248), 5)
+        drifts = np.clip(_smooth_noise(rng, h, w, 3, 14), 0, None)  # wind-blown, horizontal
+        img -= 35 * drifts[..., None] * np.array([1.0, 0.95, 0.85], np.float32)
+        img += 7 * rng.standard_normal((h, w, 1)).astype(np.float32)  # crystalline grain
     elif context == "sand":
         img[:] = jitter((220, 190, 135))
         along, _ = _rotated(h, w, rng.uniform(0, np.pi))
@@ -501,31 +545,33 @@ def make_background(context, h, w, rng):
 def render_image(settings, plan):
     """Paint a plan: returns (RGB uint8 image, label map with void band, kept instances).
 
-    Instances whose visible area falls below min_visible_frac of the image are removed
-    (and their class label with them when no instance of it is left), then the scene is
-    repainted without them so that the image never shows an unlabelled object.
+    Instances with fewer labelled (visible, non-void) pixels than min_visible_frac of the
+    image are removed (and their class label with them when no instance of it is left)
+    before painting, so the image never shows an unlabelled object.
     """
     h, w = plan["height"], plan["width"]
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
     shapes = []
     for inst in plan["instances"]:
-        a = np.deg2rad(inst["angle"])
-        dx, dy = x - inst["cx"], y - inst["cy"]
-        u = (dx * np.cos(a) + dy * np.sin(a)) / inst["half_w"]
-        v = (-dx * np.sin(a) + dy * np.cos(a)) / inst["half_h"]
-        if inst["flip"]:
-            u = -u
+        u, v = _object_uv(inst, w, h)
         mask, part = shape_mask(APPEARANCE[CLASSES[inst["cls"]]]["shape"], u, v)
         shapes.append((u, v, mask, part & mask))
 
+    # VOC marks object borders as void: a band `void_width` px wide on every boundary
+    # between two instances or an instance and the background. An instance counts as
+    # visible by its labelled pixels, so every kept class shows in the label map.
     keep = list(range(len(shapes)))
-    min_pixels = settings["min_visible_frac"] * h * w
+    min_pixels = _min_pixels(settings, w, h)
+    kernel = _void_kernel(settings)
     while True:
         owner = np.full((h, w), -1, np.int64)
         for k in keep:
             owner[shapes[k][2]] = k
-        visible = {k: int((owner == k).sum()) for k in keep}
-        dropped = [k for k in keep if visible[k] < max(min_pixels, 1)]
+        band = np.zeros((h, w), bool)
+        if settings["void_width"] > 0:
+            ids = (owner + 1).astype(np.uint8)  # max_instances < 255
+            band = cv2.dilate(ids, kernel) != cv2.erode(ids, kernel)
+        visible = {k: int(((owner == k) & ~band).sum()) for k in keep}
+        dropped = [k for k in keep if visible[k] < min_pixels]
         if not dropped:
             break
         keep = [k for k in keep if k not in dropped]
@@ -553,14 +599,7 @@ def render_image(settings, plan):
     image += 3.0 * noise.standard_normal(image.shape).astype(np.float32)  # sensor noise
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
-    # VOC marks object borders as void: a band `void_width` px wide on every boundary
-    # between two instances or an instance and the background.
-    if settings["void_width"] > 0:
-        size = settings["void_width"] + 1  # a k-wide window marks k-1 px across an edge
-        kernel = np.ones((size, size), np.uint8)
-        ids = (owner + 1).astype(np.uint8)  # at most max_instances + 1 values
-        band = cv2.dilate(ids, kernel) != cv2.erode(ids, kernel)
-        labels[band] = IGNORE
+    labels[band] = IGNORE
     return image, labels, kept
 
 
@@ -722,7 +761,10 @@ def contact_sheet(out_root, path, ids=None, columns=4, rows=4, cell=128):
     for n, iid in enumerate(ids[:columns * rows]):
         r, c = divmod(n, columns)
         image = load_image(voc / "JPEGImages" / f"{iid}.jpg")
-        mask = pal[load_label_png(voc / "SegmentationClass" / f"{iid}.png")]
+        png = voc / "SegmentationClass" / f"{iid}.png"
+        if not png.exists():  # test ids keep their ground truth outside VOC2012
+            png = Path(out_root) / "toyvoc_test_gt" / "SegmentationClass" / f"{iid}.png"
+        mask = pal[load_label_png(png)]
         for k, tile in enumerate((image, mask)):
             tile = cv2.resize(tile, (cell, cell), interpolation=cv2.INTER_NEAREST)
             y0, x0 = r * (cell + label_h), (2 * c + k) * cell

@@ -60,7 +60,7 @@ def load_labels(path):
 
 
 def load_image(path):
-    return np.asarray(Image.open(path).convert("RGB"))
+    return np.array(Image.open(path).convert("RGB"))  # writable: torch.from_numpy needs it
 
 
 def load_label_png(path):
