@@ -8,14 +8,12 @@ label) and which separated (different labels). The random walk at inference
 (csd.random_walk) reads the same kind of affinities from the trained boundary map.
 """
 
-import math
-
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from csd.backbone import Backbone
+from csd.random_walk import affinity_maps, path_directions
 from csd.voc import IGNORE
 
 EDGE_WIDTH = 32   # channels of each stage's 1x1 projection in IRN's edge branch
@@ -49,8 +47,7 @@ class EdgeNet(nn.Module):
         for layer in layers:
             stride *= _stage_stride(layer)
             strides.append(stride)
-        # stride relative to the stem (stride 4); layer1 never strides in torchvision
-        self.upsample = strides[:1] + strides[1:]
+        self.upsample = strides  # each feature's stride relative to the stem (stride 4)
         self.edge_layers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(c, EDGE_WIDTH, 1, bias=False),
                           nn.GroupNorm(EDGE_GROUPS, EDGE_WIDTH))
@@ -99,7 +96,7 @@ def build_irn(settings, cam_model=None):
         raise ValueError("train_irn: settings['init_from_cam'] is true but no cam_model "
                          "file was given")
     net = EdgeNet(backbone, pretrained=None)
-    saved = torch.load(cam_model, map_location="cpu", weights_only=False)
+    saved = torch.load(cam_model, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "model" not in saved:
         raise ValueError(f"{cam_model}: not a classifier file ({{'model': state_dict, ...}})")
     state = {k[len("backbone."):]: v for k, v in saved["model"].items()
@@ -117,7 +114,7 @@ def build_irn(settings, cam_model=None):
 
 def load_irn(path, device="cpu"):
     """A trained EdgeNet from train_irn's output file, in eval mode on `device`."""
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "model" not in saved or "settings" not in saved:
         raise ValueError(f"{path}: not a train_irn output ({{'model', 'settings'}})")
     net = EdgeNet(saved["settings"]["backbone"], pretrained=None)
@@ -125,57 +122,40 @@ def load_irn(path, device="cpu"):
     return net.to(device).eval()
 
 
-# ---- pixel pairs within a radius (IRN's misc/indexing.PathIndex, on fixed-size crops) ----
-
-def search_paths(radius):
-    """IRN's pair directions and the grid path from a pixel to its partner.
-
-    Directions (dy, dx) cover half a disc (dy > 0, or dy = 0 and dx > 0) with
-    dy^2 + dx^2 < radius^2, so each unordered pair is counted once. A path is the set of
-    grid points in the pair's bounding box closer than 1 to the line between the pixels,
-    the source (0, 0) and the destination included.
-    Returns a list of (direction, path) with path an int array [L, 2] of (dy, dx).
-    """
-    r = int(math.ceil(radius))
-    directions = [(0, x) for x in range(1, r)]
-    directions += [(y, x) for y in range(1, r) for x in range(-r + 1, r)
-                   if x * x + y * y < radius ** 2]
-    out = []
-    for dy, dx in directions:
-        length_sq = dy * dy + dx * dx
-        path = [(y, x)
-                for y in range(min(0, dy), max(0, dy) + 1)
-                for x in range(min(0, dx), max(0, dx) + 1)
-                if (dy * x - dx * y) ** 2 / length_sq < 1]
-        out.append(((dy, dx), np.asarray(path, dtype=np.int64)))
-    return out
-
+# ---- pixel pairs within a radius on fixed-size crops (IRN's training pairs) ----
+# Directions and paths are the random walk's (csd.random_walk.path_directions), so training
+# and inference read affinities from the boundary map in the same way. As IRN's PathIndex,
+# training uses only source pixels whose partners in every direction lie inside the crop:
+# rows [0, h - m), columns [m, w - m), m = radius - 1 (the farthest path offset).
 
 def _margin(radius):
-    return int(math.ceil(radius)) - 1
+    return int(radius) - 1
 
 
-def _shifted(x, dy, dx, margin):
-    """x[..., dy + i, margin + dx + j] for the source pixels (i, j) of a grid: rows
-    [0, H - margin), columns [margin, W - margin) (every partner lies inside the grid)."""
-    h, w = x.shape[-2:]
-    return x[..., dy:dy + h - margin, margin + dx:margin + dx + w - 2 * margin]
+def _sources(x, margin):
+    return x[..., :x.shape[-2] - margin, margin:x.shape[-1] - margin]
 
 
 def edge_to_affinity(edge, radius):
-    """edge probabilities [B, h, w] -> pair affinities [B, D, h - m, w - 2m], m = ceil(r) - 1.
+    """edge probabilities [B, h, w] -> pair affinities [B, D, h - m, w - 2m], m = radius - 1.
 
-    Affinity of a pair = 1 - max edge probability along its path (IRN); D directions in the
-    order of search_paths(radius). Differentiable in `edge`.
+    Affinity of a pair = 1 - max edge probability along its path (IRN), D directions in
+    the order of path_directions(radius). Differentiable in `edge`.
     """
     margin = _margin(radius)
-    if edge.shape[-2] <= margin or edge.shape[-1] <= 2 * margin:
-        raise ValueError(f"edge map {tuple(edge.shape[-2:])} too small for radius {radius}")
-    affs = []
-    for _, path in search_paths(radius):
-        along = torch.stack([_shifted(edge, int(y), int(x), margin) for y, x in path])
-        affs.append(1 - along.amax(dim=0))
-    return torch.stack(affs, dim=1)
+    b, h, w = edge.shape
+    if h <= margin or w <= 2 * margin:
+        raise ValueError(f"edge map {(h, w)} too small for pairs within radius {radius}")
+    # The crops stacked vertically are one map for affinity_maps: a kept source's partner
+    # and path never leave the source's own crop (they lie at most m rows below it).
+    maps = affinity_maps(edge.reshape(b * h, w), radius)
+    return _sources(maps.reshape(-1, b, h, w).transpose(0, 1), margin)
+
+
+def _partner(x, dy, dx, margin):
+    """x at (y + dy, x + dx) for every source pixel (y, x)."""
+    h, w = x.shape[-2:]
+    return x[..., dy:dy + h - margin, margin + dx:margin + dx + w - 2 * margin]
 
 
 def pair_labels(label, radius):
@@ -183,9 +163,9 @@ def pair_labels(label, radius):
     [B, D, h - m, w - 2m] aligned with edge_to_affinity. Pairs touching IGNORE are in none.
     """
     margin = _margin(radius)
-    source = _shifted(label, 0, 0, margin).unsqueeze(1)
-    target = torch.stack([_shifted(label, dy, dx, margin)
-                          for (dy, dx), _ in search_paths(radius)], dim=1)
+    source = _sources(label, margin).unsqueeze(1)
+    target = torch.stack([_partner(label, dy, dx, margin)
+                          for (dy, dx), _ in path_directions(radius)], dim=1)
     valid = (source != IGNORE) & (target != IGNORE)
     same = source == target
     pos = same & valid

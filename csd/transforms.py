@@ -43,10 +43,10 @@ def to_tv(sample):
     out = dict(sample)
     for key, value in sample.items():
         if key.endswith("image"):
-            out[key] = tv_tensors.Image(torch.from_numpy(np.ascontiguousarray(value))
+            out[key] = tv_tensors.Image(torch.from_numpy(np.array(value))
                                         .permute(2, 0, 1))
         elif key.endswith("mask"):
-            out[key] = tv_tensors.Mask(torch.from_numpy(np.ascontiguousarray(value)))
+            out[key] = tv_tensors.Mask(torch.from_numpy(np.array(value)))
     return out
 
 

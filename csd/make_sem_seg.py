@@ -1,0 +1,72 @@
+"""IRN stage `make_sem_seg_labels`: CAMs propagated by a random walk on IRN's boundaries.
+
+Per image: the trained edge branch gives a boundary map at stride 4 (image and its flip,
+IRN: sigmoid of the mean logit); the stride-4 CAMs spread along affinities read from it
+(csd.random_walk), and the result, upsampled, with a constant background plane, becomes
+the pseudo mask. The caller shards the id list; existing PNGs are skipped (resume).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from csd.backbone import normalize
+from csd.io import save_png
+from csd.irn import load_irn
+from csd.random_walk import propagate, sem_seg_from_rw
+from csd.store import load_cam_pack
+from csd.train_cam import require
+from csd.voc import load_image, palette
+
+SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold")
+
+
+@torch.no_grad()
+def edge_map(model, image, device):
+    """HxWx3 uint8 -> boundary probabilities [ceil(H/4), ceil(W/4)] (image + flip, IRN)."""
+    x = normalize(image.copy()).to(device)  # a writable copy: PIL arrays are read-only
+    logits = model(torch.cat([x, x.flip(-1)]))[:, 0]
+    return torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2)
+
+
+def sem_seg_one(model, image, cam_pack, settings, device):
+    """One image -> uint8 label map (0 background, keys + 1)."""
+    edge = edge_map(model, image, device)
+    cams = torch.as_tensor(np.asarray(cam_pack["cam"], dtype=np.float32), device=device)
+    keys = np.asarray(cam_pack["keys"], dtype=np.int64)
+    if cams.ndim != 3 or cams.shape[0] != len(keys) or cams.shape[1:] != edge.shape:
+        raise ValueError(f"stride-4 CAMs {tuple(cams.shape)} with {len(keys)} keys do not "
+                         f"fit the edge map {tuple(edge.shape)} of image {image.shape[:2]}")
+    rw = propagate(cams, edge, settings["radius"], settings["beta"], settings["exp_times"])
+    return sem_seg_from_rw(rw, keys, image.shape[:2], settings["bg_threshold"])
+
+
+def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="cpu"):
+    """Write out_dir/<id>.png (palette PNG) for each id; existing PNGs are skipped.
+
+    Returns the number of PNGs written.
+    """
+    require(settings, SEM_SEG_KEYS, "make_sem_seg")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
+    if len(todo) < len(ids):
+        print(f"make_sem_seg: {len(ids) - len(todo)} of {len(ids)} already done, skipped",
+              file=sys.stderr)
+    if not todo:
+        return 0
+    device = torch.device(device)
+    model = load_irn(irn_model, device)
+    for image_id in tqdm(todo, desc="make_sem_seg", unit="img", file=sys.stderr,
+                         dynamic_ncols=True):
+        image = load_image(Path(voc_root) / "JPEGImages" / f"{image_id}.jpg")
+        cam_pack = load_cam_pack(cam_dirs, image_id, fields=("keys", "cam"))
+        try:
+            mask = sem_seg_one(model, image, cam_pack, settings, device)
+        except ValueError as err:
+            raise ValueError(f"{image_id}: {err}") from None
+        save_png(out_dir / f"{image_id}.png", mask, palette())
+    return len(todo)

@@ -1,0 +1,244 @@
+"""CAMNet, train_cam (incl. resume) and make_cams on a tiny generated VOC-like tree."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csd import train_cam as train_cam_module
+from csd.cam_net import CAMNet
+from csd.io import save_npz, save_torch
+from csd.make_cam import make_cams, multiscale_cam
+from csd.train_cam import load_cam_net, train_cam
+from csd.voc import write_labels_csv
+
+BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,
+            "freeze_bn": False}
+TRAIN = {"seed": 3, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.01,
+         "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
+         "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
+MAKE_CAM = {"scales": [1.0, 0.5, 1.5], "flip": True}
+COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 14: (30, 30, 220)}  # class -> square colour
+
+
+def make_voc(root, n=8, seed=0):
+    """n JPEGs (48-64 px) on a grey background with one square per labelled class."""
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True)
+    labels = {}
+    for i in range(n):
+        h, w = rng.integers(48, 65, size=2)
+        image = np.full((h, w, 3), 120, np.uint8)
+        classes = sorted(rng.choice(list(COLOURS), size=rng.integers(1, 3), replace=False))
+        for c in classes:
+            s = int(rng.integers(12, 20))
+            y, x = rng.integers(0, h - s), rng.integers(0, w - s)
+            image[y:y + s, x:x + s] = COLOURS[c]
+        image_id = f"2099_{i:06d}"
+        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        labels[image_id] = [int(c) for c in classes]
+    write_labels_csv(root / "labels.csv", labels)
+    return sorted(labels), labels
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    ids, labels = make_voc(root)
+    return root, ids, labels
+
+
+@pytest.fixture(scope="module")
+def trained(voc, tmp_path_factory):
+    root, ids, _ = voc
+    out = tmp_path_factory.mktemp("train")
+    history = train_cam(root, ids, root / "labels.csv", out / "cam.pth", out / "history.json",
+                        TRAIN)
+    return out, history
+
+
+def test_camnet_shapes_stride16():
+    model = CAMNet(BACKBONE).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 64, 48)).shape == (2, 20)
+        assert model.cam(torch.randn(2, 3, 64, 48)).shape == (2, 20, 4, 3)
+        # odd sizes: every stride-2 step rounds up
+        assert model.cam(torch.randn(1, 3, 50, 37)).shape == (1, 20, 4, 3)
+
+
+def test_param_groups_disjoint_cover_trainable_and_frozen_stages_get_no_grad():
+    model = CAMNet(dict(BACKBONE, frozen_stages=2))
+    backbone, classifier = model.param_groups()
+    ids_b, ids_c = {id(p) for p in backbone}, {id(p) for p in classifier}
+    assert not ids_b & ids_c
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert ids_b | ids_c == trainable
+    assert ids_c == {id(model.classifier.weight)} and model.classifier.bias is None
+    frozen = [p for s in model.backbone.stages()[:2] for p in s.parameters()]
+    assert frozen and not {id(p) for p in frozen} & trainable
+
+    model.train()
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    assert all(p.grad is None for p in frozen)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for p in model.backbone.stage3.parameters())
+    assert model.classifier.weight.grad.abs().sum() > 0
+
+
+def test_cam_is_relu_of_hand_set_linear_head():
+    torch.manual_seed(0)
+    model = CAMNet(BACKBONE).eval()
+    weight = torch.randn(20, model.backbone.channels[-1])
+    with torch.no_grad():
+        model.classifier.weight.copy_(weight[:, :, None, None])
+        x = torch.randn(2, 3, 64, 64)
+        features = model.backbone(x)
+        expected = torch.relu(torch.einsum("kc,bchw->bkhw", weight, features))
+        assert torch.allclose(model.cam(x), expected, atol=1e-4)
+        assert (expected == 0).any() and (expected > 0).any()  # the ReLU matters here
+        # logits = pooled features through the same weights = mean of the pre-ReLU map
+        logits = torch.einsum("kc,bc->bk", weight, features.mean(dim=(2, 3)))
+        assert torch.allclose(model(x), logits, atol=1e-4)
+        pre = model.cam_from_features(features, relu=False).mean(dim=(2, 3))
+        assert torch.allclose(pre, logits, atol=1e-4)
+
+
+def test_train_cam_two_epochs(voc, trained):
+    out, history = trained
+    assert [r["epoch"] for r in history] == [1, 2]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in history)
+    assert history[1]["lr"] < history[0]["lr"] < TRAIN["lr"]  # poly decay per iteration
+    assert json.loads((out / "history.json").read_text()) == history
+    assert not (out / "cam.pth.ckpt").exists()
+    saved = torch.load(out / "cam.pth", weights_only=True)
+    assert saved["settings"] == TRAIN
+    model = load_cam_net(out / "cam.pth")
+    assert not model.training
+    fresh = CAMNet(BACKBONE)
+    changed = [k for k, v in fresh.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, saved["model"][k])]
+    assert "classifier.weight" in changed
+    # frozen stage 1 keeps its weights (freshly built with the same seed)
+    torch.manual_seed(TRAIN["seed"])
+    fresh = CAMNet(BACKBONE)
+    assert torch.equal(fresh.state_dict()["backbone.stage1.0.weight"],
+                       saved["model"]["backbone.stage1.0.weight"])
+
+
+class Killed(Exception):
+    pass
+
+
+def kill_after_first_epoch(monkeypatch):
+    class KillAfterFirstEpoch(train_cam_module.Checkpoint):
+        def save(self, epoch, *args):
+            super().save(epoch, *args)
+            if epoch == 0:
+                raise Killed
+
+    monkeypatch.setattr(train_cam_module, "Checkpoint", KillAfterFirstEpoch)
+
+
+def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):
+    root, ids, _ = voc
+    uninterrupted = torch.load(trained[0] / "cam.pth", weights_only=True)["model"]
+    kill_after_first_epoch(monkeypatch)
+    args = (root, ids, root / "labels.csv", tmp_path / "cam.pth", tmp_path / "history.json",
+            TRAIN)
+    with pytest.raises(Killed):
+        train_cam(*args)
+    assert (tmp_path / "cam.pth.ckpt").exists() and not (tmp_path / "cam.pth").exists()
+    monkeypatch.undo()
+    torch.manual_seed(12345)  # the restarted process starts from other RNG states
+    history = train_cam(*args)
+    assert history == trained[1]
+    resumed = torch.load(tmp_path / "cam.pth", weights_only=True)["model"]
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypatch):
+    root, ids, _ = voc
+    kill_after_first_epoch(monkeypatch)
+    paths = (tmp_path / "cam.pth", tmp_path / "history.json")
+    with pytest.raises(Killed):
+        train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
+    monkeypatch.undo()
+    other = dict(TRAIN, lr=0.02, epochs=1)  # resuming would skip training entirely
+    history = train_cam(root, ids, root / "labels.csv", *paths, other)
+    # 8 images / batch 4 = 2 steps: the last lr of the new schedule, not the killed run's
+    assert len(history) == 1
+    assert history[0]["lr"] == pytest.approx(0.02 * (1 - 1 / 2) ** 0.9)
+    assert torch.load(paths[0], weights_only=True)["settings"] == other
+    assert not list(tmp_path.glob("*.ckpt*"))
+
+
+def test_train_cam_clear_errors(voc, tmp_path):
+    root, ids, _ = voc
+    with pytest.raises(KeyError, match="momentum"):
+        train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
+                  {k: v for k, v in TRAIN.items() if k != "momentum"})
+    with pytest.raises(KeyError, match="labels.csv"):
+        train_cam(root, ids + ["2099_999999"], root / "labels.csv", tmp_path / "m.pth",
+                  tmp_path / "h.json", TRAIN)
+
+
+@pytest.fixture(scope="module")
+def cam_model(tmp_path_factory):
+    """A model whose CAMs are positive wherever features are: classifier weights > 0."""
+    torch.manual_seed(1)
+    model = CAMNet(BACKBONE)
+    with torch.no_grad():
+        model.classifier.weight.uniform_(0.1, 1.0)
+    path = tmp_path_factory.mktemp("model") / "cam.pth"
+    save_torch(path, {"model": model.state_dict(), "settings": TRAIN})
+    return path
+
+
+def test_make_cams_files(voc, cam_model, tmp_path):
+    root, ids, labels = voc
+    written = make_cams(root, ids[:3], root / "labels.csv", cam_model, tmp_path, MAKE_CAM)
+    assert written == 3
+    for image_id in ids[:3]:
+        data = np.load(tmp_path / f"{image_id}.npz")
+        assert sorted(data.files) == ["cam", "high_res", "keys"]
+        h, w = np.asarray(Image.open(root / "JPEGImages" / f"{image_id}.jpg")).shape[:2]
+        k = len(labels[image_id])
+        assert data["keys"].dtype == np.int64 and data["keys"].tolist() == labels[image_id]
+        assert data["cam"].dtype == np.float32 and data["high_res"].dtype == np.float32
+        assert data["cam"].shape == (k, math.ceil(h / 4), math.ceil(w / 4))
+        assert data["high_res"].shape == (k, h, w)
+        for maps in (data["cam"], data["high_res"]):
+            assert maps.min() >= 0
+            np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-3)
+
+
+def test_make_cams_skips_done_ids(voc, cam_model, tmp_path):
+    root, ids, _ = voc
+    save_npz(tmp_path / f"{ids[0]}.npz", keys=np.zeros(0, np.int64))  # marker "already done"
+    written = make_cams(root, ids[:2], root / "labels.csv", cam_model, tmp_path, MAKE_CAM)
+    assert written == 1
+    assert np.load(tmp_path / f"{ids[0]}.npz").files == ["keys"]
+    assert make_cams(root, ids[:2], root / "labels.csv", cam_model, tmp_path, MAKE_CAM) == 0
+
+
+def test_multiscale_cam_flip_equivariant(cam_model):
+    model = load_cam_net(cam_model)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)  # multiples of 16
+    mirror = np.ascontiguousarray(image[:, ::-1])
+    keys = [0, 14]
+    cam, high = multiscale_cam(model, image, keys, MAKE_CAM["scales"], True)
+    cam_m, high_m = multiscale_cam(model, mirror, keys, MAKE_CAM["scales"], True)
+    assert cam.shape == (2, 12, 16) and high.shape == (2, 48, 64)
+    scale = cam.abs().max()
+    assert torch.allclose(cam_m, cam.flip(-1), atol=1e-4 * scale)
+    assert torch.allclose(high_m, high.flip(-1), atol=1e-4 * scale)
+    # without the flip pass the network alone is not mirror-symmetric
+    cam1, _ = multiscale_cam(model, image, keys, [1.0], False)
+    cam1_m, _ = multiscale_cam(model, mirror, keys, [1.0], False)
+    assert not torch.allclose(cam1_m, cam1.flip(-1), atol=1e-2 * cam1.abs().max())

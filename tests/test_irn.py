@@ -1,0 +1,255 @@
+"""IRN edge branch, pair sampling, losses, train_irn (with resume) and make_sem_seg."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from csd import train_irn as train_irn_module
+from csd.io import save_npz, save_png, save_torch
+from csd.irn import (EdgeNet, affinity_loss, build_irn, downsample_label, edge_to_affinity,
+                     load_irn, pair_labels)
+from csd.make_sem_seg import make_sem_seg
+from csd.random_walk import path_directions
+from csd.train_irn import train_irn
+from csd.voc import IGNORE, load_label_png, palette
+
+BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]}
+
+
+def irn_settings(**over):
+    settings = {"seed": 0, "backbone": dict(BACKBONE), "init_from_cam": False,
+                "batch_size": 4, "epochs": 2, "lr": 0.1, "weight_decay": 1e-4,
+                "momentum": 1e-4, "poly_power": 0.9, "scale_range": [0.5, 1.5], "crop": 64,
+                "flip": True, "radius": 5, "num_workers": 0}
+    settings.update(over)
+    return settings
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors: OpenMP threads only add spin-waits, badly so on a shared 2-core box.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return EdgeNet(BACKBONE)
+
+
+def test_edge_map_is_at_stride_4(net):
+    assert net(torch.randn(2, 3, 64, 64)).shape == (2, 1, 16, 16)
+    # odd sizes: ceil(H/4) like the stride-4 CAMs
+    assert net(torch.randn(1, 3, 66, 50)).shape == (1, 1, 17, 13)
+
+
+def test_only_the_edge_branch_learns(net):
+    net.train()
+    assert not any(m.training for m in net.backbone.modules())  # frozen BN statistics
+    net.zero_grad()
+    net(torch.randn(2, 3, 64, 64)).square().mean().backward()
+    assert all(p.grad is None for p in net.backbone.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.edge_parameters())
+    # edge_parameters are exactly the trainable ones
+    trainable = {id(p) for p in net.parameters() if p.requires_grad}
+    assert trainable == {id(p) for p in net.edge_parameters()}
+
+
+def test_edge_to_affinity_matches_brute_force():
+    radius, margin = 3, 2
+    edge = torch.rand(2, 7, 9, generator=torch.Generator().manual_seed(1))
+    aff = edge_to_affinity(edge, radius)
+    paths = path_directions(radius)
+    assert aff.shape == (2, len(paths), 7 - margin, 9 - 2 * margin)
+    for b in range(2):
+        for d, (_, path) in enumerate(paths):
+            for i in range(7 - margin):
+                for j in range(9 - 2 * margin):
+                    y, x = i, j + margin
+                    expect = 1 - max(edge[b, y + py, x + px] for py, px in path)
+                    assert math.isclose(aff[b, d, i, j].item(), expect, rel_tol=1e-6)
+
+
+def test_pair_labels_hand_made():
+    # radius 2: directions (0,1), (1,-1), (1,0), (1,1); sources (0,1) [label 0], (0,2) [label 1]
+    label = torch.tensor([[[0, 0, 1, 1],
+                           [0, IGNORE, 1, 1]]])
+    assert [d for d, _ in path_directions(2)] == [(0, 1), (1, -1), (1, 0), (1, 1)]
+    bg_pos, fg_pos, neg = pair_labels(label, 2)
+    assert bg_pos.shape == (1, 4, 1, 2)
+    # (0,1)->(1,0) same bg; (0,2)->(0,3),(1,2),(1,3) same class; (0,1)->(0,2),(1,2) differ;
+    # the two pairs with the 255 pixel belong to no set
+    assert (bg_pos.sum().item(), fg_pos.sum().item(), neg.sum().item()) == (1, 3, 2)
+    assert not (bg_pos & fg_pos).any() and not (bg_pos & neg).any() and not (fg_pos & neg).any()
+    # a 255 source contributes nothing
+    label[0, 0, 1] = IGNORE
+    bg_pos, fg_pos, neg = pair_labels(label, 2)
+    assert (bg_pos.sum().item(), fg_pos.sum().item(), neg.sum().item()) == (0, 3, 0)
+
+
+def test_downsample_label_takes_every_fourth_pixel():
+    mask = torch.arange(64 * 66).reshape(1, 66, 64)
+    small = downsample_label(mask)
+    assert small.shape == (1, 17, 16)
+    assert small[0, 2, 3] == mask[0, 8, 12]
+
+
+def test_loss_prefers_the_true_boundary():
+    # bg left, class 1 right, an unsure band between them: the true boundary is the band
+    label = torch.zeros(1, 24, 24, dtype=torch.long)
+    label[:, :, 11] = IGNORE
+    label[:, :, 12:] = 1
+    perfect = (label == IGNORE).float()
+    sets = pair_labels(label, 5)
+    assert all(s.any() for s in sets)
+    good, parts = affinity_loss(edge_to_affinity(perfect, 5), *sets)
+    inverted = (1 - perfect).requires_grad_()
+    bad, _ = affinity_loss(edge_to_affinity(inverted, 5), *sets)
+    assert good.item() < 1e-3 < 5 < bad.item()
+    assert set(parts) == {"bg_pos", "fg_pos", "neg"}
+    # the loss reaches the boundary map: lowering the inverted edges lowers the loss
+    bad.backward()
+    assert inverted.grad[0, :, :11].sum() > 0
+
+
+def test_init_from_cam_copies_the_classifier_backbone(tmp_path):
+    from csd.cam_net import CAMNet
+
+    cam_backbone = dict(BACKBONE, frozen_stages=0, freeze_bn=False)
+    torch.manual_seed(3)
+    cam = CAMNet(cam_backbone)
+    save_torch(tmp_path / "cam.pth", {"model": cam.state_dict(),
+                                     "settings": {"backbone": cam_backbone}})
+    net = build_irn(irn_settings(init_from_cam=True), tmp_path / "cam.pth")
+    for key, value in cam.backbone.state_dict().items():
+        assert torch.equal(net.backbone.state_dict()[key], value)
+    with pytest.raises(ValueError, match="cam_model"):
+        build_irn(irn_settings(init_from_cam=True), None)
+    with pytest.raises(ValueError, match="do not fit"):
+        build_irn(irn_settings(init_from_cam=True, backbone=dict(BACKBONE, depth=34)),
+                  tmp_path / "cam.pth")
+
+
+# ---- stages on a tiny VOC-format fixture ----
+
+def write_fixture(root, n=8, size=(56, 72)):
+    """JPEGs with one coloured box each, IR labels (box = class, 255 band, bg 0)."""
+    rng = np.random.default_rng(0)
+    (root / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    (root / "ir").mkdir()
+    ids = [f"2000_{i:06d}" for i in range(n)]
+    for k, image_id in enumerate(ids):
+        h, w = size
+        image = np.full((h, w, 3), 90, np.uint8) + rng.integers(0, 20, (h, w, 3), np.uint8)
+        y0, x0 = rng.integers(4, h // 2), rng.integers(4, w // 2)
+        y1, x1 = y0 + h // 3, x0 + w // 3
+        image[y0:y1, x0:x1] = (200, 40, 40)
+        Image.fromarray(image).save(root / "VOC2012" / "JPEGImages" / f"{image_id}.jpg")
+        label = np.zeros((h, w), np.uint8)
+        label[y0 - 2:y1 + 2, x0 - 2:x1 + 2] = IGNORE
+        label[y0 + 2:y1 - 2, x0 + 2:x1 - 2] = 1 + k % 3
+        save_png(root / "ir" / f"{image_id}.png", label, palette())
+    return root / "VOC2012", ids
+
+
+def test_train_irn_and_resume(tmp_path, monkeypatch):
+    voc_root, ids = write_fixture(tmp_path, n=5)  # 2 batches of 2 per epoch (drop_last)
+    settings = irn_settings(batch_size=2)
+    full = train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "a" / "irn.pth",
+                     tmp_path / "a" / "history.json", settings)
+    assert len(full) == 2 and all(np.isfinite(r["loss"]) for r in full)
+    assert set(full[0]) == {"epoch", "loss", "lr", "bg_pos", "fg_pos", "neg"}
+    assert json.loads((tmp_path / "a" / "history.json").read_text()) == full
+    saved = torch.load(tmp_path / "a" / "irn.pth", weights_only=True)
+    assert saved["settings"] == settings
+    assert not (tmp_path / "a" / "irn.pth.ckpt").exists()
+
+    # a job killed after epoch 1 restarts from its checkpoint and ends identically
+    class Killed(Exception):
+        pass
+
+    real_save = train_irn_module.Checkpoint.save
+
+    def save_then_die(self, epoch, *args):
+        real_save(self, epoch, *args)
+        raise Killed
+
+    monkeypatch.setattr(train_irn_module.Checkpoint, "save", save_then_die)
+    with pytest.raises(Killed):
+        train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "b" / "irn.pth",
+                  tmp_path / "b" / "history.json", settings)
+    assert (tmp_path / "b" / "irn.pth.ckpt").exists()
+    assert not (tmp_path / "b" / "irn.pth").exists()
+    monkeypatch.setattr(train_irn_module.Checkpoint, "save", real_save)
+    resumed = train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "b" / "irn.pth",
+                        tmp_path / "b" / "history.json", settings)
+    assert resumed == full
+    again = torch.load(tmp_path / "b" / "irn.pth", weights_only=True)["model"]
+    assert all(torch.equal(again[k], v) for k, v in saved["model"].items())
+
+
+def test_train_irn_names_missing_labels(tmp_path):
+    voc_root, ids = write_fixture(tmp_path, n=4)
+    (tmp_path / "ir" / f"{ids[1]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=ids[1]):
+        train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "irn.pth", tmp_path / "h.json",
+                  irn_settings())
+
+
+def test_make_sem_seg_writes_label_pngs(tmp_path):
+    voc_root, ids = write_fixture(tmp_path, n=3)
+    # An edge branch that sees boundaries everywhere (edge ~ 1, affinities ~ 0): the walk
+    # stays put, so the mask is the CAMs' own argmax against the background threshold.
+    torch.manual_seed(0)
+    walls = EdgeNet(BACKBONE)
+    with torch.no_grad():
+        walls.edge_out.weight.zero_()
+        walls.edge_out.bias.fill_(8.0)
+    save_torch(tmp_path / "irn.pth", {"model": walls.state_dict(), "settings": irn_settings()})
+    h, w = 56, 72
+    grid = (math.ceil(h / 4), math.ceil(w / 4))  # 14 x 18
+    rng = np.random.default_rng(0)
+    keys = {ids[0]: [2, 5], ids[1]: [14], ids[2]: [0, 7, 19]}
+    for shard, image_id in enumerate(ids):  # CAMs spread over two shard dirs
+        k = len(keys[image_id])
+        cam = rng.random((k,) + grid, dtype=np.float32)
+        if shard == 0:  # class 2 on the left, class 5 on the right, nothing between
+            cam[:] = 0
+            cam[0, :, :6] = 1.0
+            cam[1, :, 12:] = 0.8
+        save_npz(tmp_path / f"cam{shard % 2}" / f"{image_id}.npz",
+                 keys=np.asarray(keys[image_id], np.int64), cam=cam,
+                 high_res=rng.random((k, h, w), dtype=np.float32))
+    settings = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}
+    cam_dirs = [tmp_path / "cam0", tmp_path / "cam1"]
+    out = tmp_path / "sem_seg"
+    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, settings) == 3
+    for image_id in ids:
+        mask = load_label_png(out / f"{image_id}.png")
+        assert mask.shape == (h, w)
+        assert set(np.unique(mask)) <= {0} | {k + 1 for k in keys[image_id]}
+    mask = load_label_png(out / f"{ids[0]}.png")
+    assert (mask[:, :20] == 3).all() and (mask[:, 28:44] == 0).all()
+    assert (mask[:, 52:] == 6).all()
+    # resume: nothing left to do
+    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, settings) == 0
+
+
+def test_make_sem_seg_rejects_misaligned_cams(tmp_path):
+    voc_root, ids = write_fixture(tmp_path, n=1)
+    save_torch(tmp_path / "irn.pth", {"model": EdgeNet(BACKBONE).state_dict(),
+                                     "settings": irn_settings()})
+    save_npz(tmp_path / "cam" / f"{ids[0]}.npz", keys=np.asarray([3]),
+             cam=np.ones((1, 10, 10), np.float32), high_res=np.ones((1, 56, 72), np.float32))
+    settings = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}
+    with pytest.raises(ValueError, match=ids[0]):
+        make_sem_seg(voc_root, ids, [tmp_path / "cam"], tmp_path / "irn.pth",
+                     tmp_path / "out", settings)
+    assert load_irn(tmp_path / "irn.pth").training is False
