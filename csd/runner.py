@@ -28,6 +28,17 @@ def log_to(path):
             os.close(saved[1])
 
 
+@contextmanager
+def job(smk):
+    """Everything a workflow script does around its one call: log to the rule's log file and
+    use the rule's threads for torch (its default, all cores, oversubscribes parallel jobs)."""
+    import torch
+
+    torch.set_num_threads(max(1, smk.threads))
+    with log_to(smk.log[0] if smk.log else None):
+        yield
+
+
 def shard(ids, index, count):
     """The `index`-th of `count` interleaved shards of an id list (balanced image sizes)."""
     if not 0 <= index < count:

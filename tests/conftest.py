@@ -9,9 +9,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None):
+def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, snakefile=None):
     """Run the repository's workflow in `workdir` in a subprocess (as a user would)."""
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"),
+           "-d", str(workdir)]
     for config in configs:
         cmd += ["--configfile", str(config)]
     cmd += list(args)

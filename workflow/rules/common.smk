@@ -46,4 +46,35 @@ def sbd_root():
 
 
 def final_targets():
-    return [f"{SPLITS}/stats.json"]
+    runs = expand(RUN, method=config["methods"], seed=config["seeds"])
+    return [f"{SPLITS}/stats.json"] + [
+        f"{run}/{name}" for run in runs for name in ("seed_metrics.json", "mask_metrics.json")
+    ]
+
+
+def seeded(stage):
+    """A training stage's settings with the run's seed, as a params function."""
+    return lambda w: dict(config[stage], seed=int(w.seed))
+
+
+# Per-image stages run as `shards` jobs each (several GPUs or SLURM nodes share a stage);
+# merge_shards joins their outputs into one directory that later stages read.
+SHARDED = {"cam": "make_cam", "ir_label": "cam_to_ir_label", "mask": "make_sem_seg"}
+
+
+def shard_dirs(kind):
+    def inputs(w):
+        count = config[SHARDED[kind]]["shards"]
+        return [f"{RESULTS}/{w.method}/seed{w.seed}/{kind}/shards/{i}" for i in range(count)]
+
+    return inputs
+
+
+def shard_of(stage):
+    return lambda w: (int(w.shard), config[stage]["shards"])
+
+
+def shard_threads(stage):
+    """Split the local cores among a stage's shards, so that they run side by side
+    (SLURM runs set their own threads in profiles/slurm)."""
+    return max(1, workflow.cores // config[stage]["shards"])

@@ -2,7 +2,7 @@ import sys
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.download import fetch_voc
-from csd.runner import log_to
+from csd.runner import job
 
-with log_to(snakemake.log[0]):
+with job(snakemake):
     fetch_voc(snakemake.output[0], snakemake.params.settings)

@@ -1,0 +1,95 @@
+"""End to end: the IRN baseline on a tiny synthetic config, run by Snakemake in a subprocess,
+then what a changed setting or an edited stage module reruns."""
+
+import json
+import re
+import shutil
+
+import pytest
+
+from tests.conftest import REPO, snakemake, write_config
+
+pytestmark = pytest.mark.workflow
+
+TINY = {
+    "dataset": {"name": "toyvoc", "toyvoc": {
+        "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
+        "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
+    "train_cam": {
+        "backbone": {"depth": 18, "pretrained": None, "frozen_stages": 0, "freeze_bn": False},
+        "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
+        "num_workers": 0},
+    "make_cam": {"scales": [1.0, 0.5], "shards": 2},
+    "cam_to_ir_label": {"workers": 1, "shards": 1},
+    "train_irn": {
+        "backbone": {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]},
+        "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
+        "num_workers": 0},
+    "make_sem_seg": {"shards": 2},
+}
+DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
+                          "train_irn", "make_sem_seg", "eval_sem_seg"}
+
+
+def planned_rules(proc):
+    """Rule names of a dry run's job table."""
+    text = proc.stdout + proc.stderr
+    table = text.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in text else ""
+    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A private copy of the repository (so tests may edit its modules) and a finished run."""
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = base / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"))
+    work = base / "work"
+    work.mkdir()
+    config = write_config(base / "tiny.yaml", TINY)
+    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile")
+    return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
+
+
+def test_run_produces_seed_and_mask_metrics(run):
+    out = run["work"] / "results/irn/seed0"
+    seed = json.loads((out / "seed_metrics.json").read_text())
+    mask = json.loads((out / "mask_metrics.json").read_text())
+    for metrics in (seed, mask):
+        assert metrics["n_images"] == 12
+        assert 0 < metrics["miou"] <= 100
+    assert {point["threshold"] for point in seed["curve"]} >= {0.05, 0.15, 0.5}
+    train_aug = (run["work"] / "data/splits/toyvoc/train_aug.txt").read_text().split()
+    assert len(train_aug) == 12 + 10 + 4
+    # Both make_cam shards were merged: one CAM and one pseudo mask per train_aug image.
+    assert sorted(p.stem for p in (out / "cam/all").glob("*.npz")) == sorted(train_aug)
+    assert sorted(p.stem for p in (out / "mask/all").glob("*.png")) == sorted(train_aug)
+    history = json.loads((out / "cam_history.json").read_text())
+    assert len(history) == 1 and history[0]["loss"] > 0
+    assert (run["work"] / "logs/irn/seed0/train_cam.log").read_text().count("train_cam") > 0
+
+
+def test_second_dry_run_has_nothing_to_do(run):
+    proc = snakemake(run["work"], "-n", configs=[run["config"]],
+                     snakefile=run["repo"] / "Snakefile")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_make_cam_setting_reruns_make_cam_and_what_follows_only(run):
+    changed = dict(TINY, make_cam=dict(TINY["make_cam"], scales=[1.0]))
+    config = write_config(run["base"] / "changed.yaml", changed)
+    proc = snakemake(run["work"], "-n", configs=[config], snakefile=run["repo"] / "Snakefile")
+    assert planned_rules(proc) - {"all"} == DOWNSTREAM_OF_MAKE_CAM
+
+
+def test_editing_a_stage_module_reruns_that_stage(run):
+    module = run["repo"] / "csd/make_sem_seg.py"
+    original = module.read_text()
+    module.write_text(original + "\n# edited\n")
+    try:
+        proc = snakemake(run["work"], "-n", configs=[run["config"]],
+                         snakefile=run["repo"] / "Snakefile")
+    finally:
+        module.write_text(original)
+    assert planned_rules(proc) - {"all"} == {"make_sem_seg", "merge_shards", "eval_sem_seg"}

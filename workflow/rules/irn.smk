@@ -1,0 +1,179 @@
+# IRN (ResNet): classifier -> CAM seeds -> CRF inter-pixel relation labels -> IRN ->
+# random-walk pseudo masks, with seed and mask evaluation on the train split.
+
+
+rule train_cam:
+    output:
+        model=f"{RUN}/cam_model.pt",
+        history=f"{RUN}/cam_history.json",
+    input:
+        ids=f"{SPLITS}/train_aug.txt",
+        labels=f"{SPLITS}/labels.csv",
+        code=pkg("train_cam", "cam_net", "backbone", "transforms", "training", "voc"),
+    params:
+        voc_root=voc_root(),
+        settings=seeded("train_cam"),
+        lock_dir=config["gpu_lock_dir"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/train_cam.log",
+    benchmark:
+        f"{LOGS}/benchmark/{{method}}/seed{{seed}}/train_cam.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/train_cam.py"
+
+
+rule make_cam:
+    output:
+        temp(directory(f"{RUN}/cam/shards/{{shard}}")),
+    input:
+        model=f"{RUN}/cam_model.pt",
+        ids=f"{SPLITS}/train_aug.txt",
+        labels=f"{SPLITS}/labels.csv",
+        code=pkg("make_cam", "cam_net", "backbone"),
+    params:
+        voc_root=voc_root(),
+        settings=config["make_cam"],
+        shard=shard_of("make_cam"),
+        lock_dir=config["gpu_lock_dir"],
+    threads: shard_threads("make_cam")
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/make_cam.{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/{{method}}/seed{{seed}}/make_cam.{{shard}}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/make_cam.py"
+
+
+rule merge_shards:
+    output:
+        directory(f"{RUN}/{{kind}}/all"),
+    input:
+        shards=lambda w: shard_dirs(w.kind)(w),
+        code=pkg("store"),
+    wildcard_constraints:
+        kind="|".join(SHARDED),
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/merge_{{kind}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/merge_shards.py"
+
+
+rule eval_cam:
+    output:
+        f"{RUN}/seed_metrics.json",
+    input:
+        cams=f"{RUN}/cam/all",
+        ids=f"{SPLITS}/train.txt",
+        code=pkg("metrics", "store"),
+    params:
+        voc_root=voc_root(),
+        settings=config["eval_cam"],
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/eval_cam.log",
+    conda:
+        ENV
+    script:
+        "../scripts/eval_cam.py"
+
+
+rule cam_to_ir_label:
+    output:
+        temp(directory(f"{RUN}/ir_label/shards/{{shard}}")),
+    input:
+        cams=f"{RUN}/cam/all",
+        ids=f"{SPLITS}/train_aug.txt",
+        code=pkg("ir_label", "crf", "store"),
+    params:
+        voc_root=voc_root(),
+        settings=config["cam_to_ir_label"],
+        shard=shard_of("cam_to_ir_label"),
+    threads: config["cam_to_ir_label"]["workers"]
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/cam_to_ir_label.{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/{{method}}/seed{{seed}}/cam_to_ir_label.{{shard}}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/cam_to_ir_label.py"
+
+
+rule train_irn:
+    output:
+        model=f"{RUN}/irn_model.pt",
+        history=f"{RUN}/irn_history.json",
+    input:
+        ir_labels=f"{RUN}/ir_label/all",
+        cam_model=f"{RUN}/cam_model.pt",
+        ids=f"{SPLITS}/train_aug.txt",
+        code=pkg("train_irn", "irn", "backbone", "transforms", "training", "random_walk", "train_cam"),
+    params:
+        voc_root=voc_root(),
+        settings=seeded("train_irn"),
+        lock_dir=config["gpu_lock_dir"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/train_irn.log",
+    benchmark:
+        f"{LOGS}/benchmark/{{method}}/seed{{seed}}/train_irn.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/train_irn.py"
+
+
+rule make_sem_seg:
+    output:
+        temp(directory(f"{RUN}/mask/shards/{{shard}}")),
+    input:
+        cams=f"{RUN}/cam/all",
+        model=f"{RUN}/irn_model.pt",
+        ids=f"{SPLITS}/train_aug.txt",
+        code=pkg("make_sem_seg", "random_walk", "irn", "backbone", "store"),
+    params:
+        voc_root=voc_root(),
+        settings=config["make_sem_seg"],
+        shard=shard_of("make_sem_seg"),
+        lock_dir=config["gpu_lock_dir"],
+    threads: shard_threads("make_sem_seg")
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/make_sem_seg.{{shard}}.log",
+    benchmark:
+        f"{LOGS}/benchmark/{{method}}/seed{{seed}}/make_sem_seg.{{shard}}.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/make_sem_seg.py"
+
+
+rule eval_sem_seg:
+    output:
+        f"{RUN}/mask_metrics.json",
+    input:
+        masks=f"{RUN}/mask/all",
+        ids=f"{SPLITS}/train.txt",
+        code=pkg("metrics"),
+    params:
+        voc_root=voc_root(),
+        settings=config["eval_sem_seg"],
+    log:
+        f"{LOGS}/{{method}}/seed{{seed}}/eval_sem_seg.log",
+    conda:
+        ENV
+    script:
+        "../scripts/eval_sem_seg.py"
