@@ -21,7 +21,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from csd.io import save_npz
-from csd.train_cam import load_cam_net, load_labels_for, require
+from csd.train_cam import load_cam_net, load_labels_for
+from csd.training import require
 from csd.transforms import eval_transform
 from csd.voc import VOCDataset
 

@@ -18,7 +18,7 @@ from csd.io import save_png
 from csd.irn import load_irn
 from csd.random_walk import propagate, sem_seg_from_rw
 from csd.store import load_cam_pack
-from csd.train_cam import require
+from csd.training import require
 from csd.voc import load_image, palette
 
 SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold")

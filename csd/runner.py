@@ -44,3 +44,31 @@ def shard(ids, index, count):
     if not 0 <= index < count:
         raise ValueError(f"shard index {index} out of range for {count} shards")
     return list(ids)[index::count]
+
+
+def module_closure(package_dir, modules):
+    """Paths of the package modules `modules` and of every package module they import,
+    transitively: what a stage runs, so that a rule can declare it as input code."""
+    import ast
+    from pathlib import Path
+
+    package_dir = Path(package_dir)
+    name = package_dir.name
+    seen, todo = set(), list(modules)
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = package_dir / f"{module}.py"
+        if not path.exists():
+            raise FileNotFoundError(f"no module {name}.{module} ({path})")
+        seen.add(module)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == name:
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(name + "."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names
+                         if a.name.startswith(name + ".")]
+    return sorted(str(package_dir / f"{m}.py") for m in seen)

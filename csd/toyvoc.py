@@ -22,7 +22,7 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
-from csd.io import atomic_path, save_json, save_png
+from csd.io import save_json, save_png
 from csd.voc import CLASSES, IGNORE, NUM_CLASSES, load_image, load_label_png, palette
 
 CONTEXTS = ("sky", "water", "rails", "road", "grass", "floor", "room", "snow", "sand", "forest")

@@ -1,12 +1,25 @@
-"""What every training stage shares: seeding, poly schedule, checkpoint + resume, curves."""
+"""What every training stage shares: seeding, the poly schedule, the epoch loop with its
+checkpoint and resume, and the per-epoch history (the training curves)."""
 
+import hashlib
+import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from csd.io import save_torch
+from csd.io import save_json, save_torch
+
+
+def require(settings, keys, section):
+    """Stage functions are called without Snakemake too: name missing keys plainly."""
+    missing = [k for k in keys if k not in settings]
+    if missing:
+        raise KeyError(f"settings '{section}' lacks keys {missing}")
 
 
 def seed_everything(seed):
@@ -25,20 +38,38 @@ def set_lr(optimizer, factor_lrs):
         group["lr"] = lr
 
 
-class Checkpoint:
-    """Save training state each epoch to `<out>.ckpt`; `resume()` restores it after a kill.
+def epoch_generator(seed, epoch):
+    """A generator for one epoch's shuffle and worker seeds, a pure function of (seed, epoch),
+    so a resumed run needs nothing but the checkpoint to continue the same sequence."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
-    The state holds model, optimizer, the epoch finished, the RNG states and the history of
-    per-epoch records, so a resumed run continues the same curve (and, on CPU, the same
-    numbers) as an uninterrupted one.
+
+def epoch_loader(dataset, settings, epoch, device):
+    return DataLoader(dataset, batch_size=settings["batch_size"], shuffle=True, drop_last=True,
+                      num_workers=settings["num_workers"],
+                      generator=epoch_generator(settings["seed"], epoch),
+                      pin_memory=torch.device(device).type == "cuda")
+
+
+class Checkpoint:
+    """Training state saved each epoch to `<out>.ckpt`; `resume()` restores it after a kill.
+
+    The state holds model, optimizer, the epoch finished, the RNG states and the history, so
+    a resumed run continues the same curve (and, on CPU, the same numbers) as an
+    uninterrupted one. `meta` (settings and image list) must match to resume: a checkpoint
+    of a killed run with other settings (the user changed lr, Snakemake reran the job) is
+    discarded, not resumed.
     """
 
-    def __init__(self, final_path):
+    def __init__(self, final_path, meta=None):
         self.path = Path(str(final_path) + ".ckpt")
+        self.meta = json.loads(json.dumps(meta))  # as it reads back: tuples become lists
 
     def save(self, epoch, model, optimizer, history):
         save_torch(self.path, {
             "epoch": epoch,
+            "meta": self.meta,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "history": history,
@@ -51,6 +82,11 @@ class Checkpoint:
         if not self.path.exists():
             return 0, []
         state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("meta") != self.meta:
+            print(f"discarding {self.path}: written for other settings or images",
+                  file=sys.stderr)
+            self.remove()
+            return 0, []
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         random.setstate(state["rng"]["python"])
@@ -60,3 +96,58 @@ class Checkpoint:
 
     def remove(self):
         self.path.unlink(missing_ok=True)
+
+
+def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, history_out,
+        device):
+    """The epoch loop of every training stage.
+
+    step(model, batch) -> (loss, parts): parts is a dict of scalar tensors logged per epoch.
+    Per iteration the lr of each param group follows poly(base_lrs); per epoch the mean of
+    the loss and of each part goes to the history, and a checkpoint is saved. At the end
+    {"model", "settings"} goes to model_out and the history to history_out (JSON).
+    """
+    steps_per_epoch = len(dataset) // settings["batch_size"]
+    if steps_per_epoch == 0:
+        raise ValueError(f"{name}: {len(dataset)} images are fewer than batch_size "
+                         f"{settings['batch_size']} (drop_last would leave no batch)")
+    total_steps = steps_per_epoch * settings["epochs"]
+    ids_sha1 = hashlib.sha1("\n".join(map(str, getattr(dataset, "ids", []))).encode())
+    checkpoint = Checkpoint(model_out, meta={"settings": settings,
+                                             "ids_sha1": ids_sha1.hexdigest()})
+    start, history = checkpoint.resume(model, optimizer)
+    if start:
+        print(f"{name}: resuming after epoch {start} from {checkpoint.path}", file=sys.stderr)
+
+    model.train()
+    for epoch in range(start, settings["epochs"]):
+        sums = {}
+        bar = tqdm(epoch_loader(dataset, settings, epoch, device), total=steps_per_epoch,
+                   file=sys.stderr, dynamic_ncols=True,
+                   desc=f"{name} epoch {epoch + 1}/{settings['epochs']}")
+        for i, batch in enumerate(bar):
+            lrs = [poly_lr(lr, epoch * steps_per_epoch + i, total_steps, settings["poly_power"])
+                   for lr in base_lrs]
+            set_lr(optimizer, lrs)
+            loss, parts = step(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for key, value in {"loss": loss, **parts}.items():
+                sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lrs[0]:.2e}")
+        bar.close()
+        record = {"epoch": epoch + 1, "lr": lrs[0]}
+        record.update({key: total / steps_per_epoch for key, total in sums.items()})
+        history.append(record)
+        print(f"{name} epoch {epoch + 1}: " + " ".join(
+            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr")),
+            file=sys.stderr)
+        if not np.isfinite(record["loss"]):
+            raise FloatingPointError(f"{name}: loss is {record['loss']} in epoch {epoch + 1}")
+        checkpoint.save(epoch, model, optimizer, history)
+
+    save_torch(model_out, {"model": model.state_dict(), "settings": settings})
+    save_json(history_out, history)
+    checkpoint.remove()
+    return history

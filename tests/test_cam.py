@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csd import train_cam as train_cam_module
+from csd.training import Checkpoint
 from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
 from csd.make_cam import make_cams, multiscale_cam
@@ -133,13 +133,14 @@ class Killed(Exception):
 
 
 def kill_after_first_epoch(monkeypatch):
-    class KillAfterFirstEpoch(train_cam_module.Checkpoint):
-        def save(self, epoch, *args):
-            super().save(epoch, *args)
-            if epoch == 0:
-                raise Killed
+    real_save = Checkpoint.save
 
-    monkeypatch.setattr(train_cam_module, "Checkpoint", KillAfterFirstEpoch)
+    def save_then_die(self, epoch, *args):
+        real_save(self, epoch, *args)
+        if epoch == 0:
+            raise Killed
+
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
 
 
 def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from csd import train_irn as train_irn_module
+from csd.training import Checkpoint
 from csd.io import save_npz, save_png, save_torch
 from csd.irn import (EdgeNet, affinity_loss, build_irn, downsample_label, edge_to_affinity,
                      load_irn, pair_labels)
@@ -175,19 +175,19 @@ def test_train_irn_and_resume(tmp_path, monkeypatch):
     class Killed(Exception):
         pass
 
-    real_save = train_irn_module.Checkpoint.save
+    real_save = Checkpoint.save
 
     def save_then_die(self, epoch, *args):
         real_save(self, epoch, *args)
         raise Killed
 
-    monkeypatch.setattr(train_irn_module.Checkpoint, "save", save_then_die)
+    monkeypatch.setattr(Checkpoint, "save", save_then_die)
     with pytest.raises(Killed):
         train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "b" / "irn.pth",
                   tmp_path / "b" / "history.json", settings)
     assert (tmp_path / "b" / "irn.pth.ckpt").exists()
     assert not (tmp_path / "b" / "irn.pth").exists()
-    monkeypatch.setattr(train_irn_module.Checkpoint, "save", real_save)
+    monkeypatch.setattr(Checkpoint, "save", real_save)
     resumed = train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "b" / "irn.pth",
                         tmp_path / "b" / "history.json", settings)
     assert resumed == full

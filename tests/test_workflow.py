@@ -22,3 +22,20 @@ def test_dry_run_of_shipped_configs(tmp_path, configs, expected_rules):
         assert rule in table, table
     if configs:  # the demo never downloads
         assert "fetch_voc" not in table
+
+
+def test_stage_code_inputs_follow_imports(tmp_path):
+    from csd.runner import module_closure
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "stage.py").write_text("import os\nfrom pkg.helper import f\nfrom pkg import util\n")
+    (pkg / "helper.py").write_text("import pkg.deep\n")
+    (pkg / "util.py").write_text("")
+    (pkg / "deep.py").write_text("")
+    (pkg / "unused.py").write_text("")
+    names = [p.rsplit("/", 1)[1] for p in module_closure(pkg, ["stage"])]
+    assert names == ["deep.py", "helper.py", "stage.py", "util.py"]
+    real = [p.rsplit("/", 1)[1] for p in module_closure(REPO / "csd", ["make_sem_seg"])]
+    assert {"make_sem_seg.py", "random_walk.py", "irn.py", "backbone.py"} <= set(real)
+    assert "train_cam.py" not in real

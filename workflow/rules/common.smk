@@ -1,6 +1,8 @@
 # Paths and helpers shared by every rule file.
 from pathlib import Path
 
+from csd.runner import module_closure
+
 REPO = Path(workflow.basedir)
 DATA = config["data_dir"]
 RESULTS = config["results_dir"]
@@ -19,8 +21,9 @@ wildcard_constraints:
 
 
 def pkg(*modules):
-    """Package modules a stage runs, declared as inputs so that editing them reruns it."""
-    return [str(REPO / "csd" / f"{m}.py") for m in modules]
+    """The package modules a stage runs (with everything they import from csd), declared
+    as inputs so that editing one reruns the stages that use it."""
+    return module_closure(REPO / "csd", modules)
 
 
 def dataset_dir():

@@ -24,7 +24,7 @@ rule make_toyvoc:
     output:
         directory(f"{DATA}/toyvoc"),
     input:
-        code=pkg("toyvoc", "voc", "io"),
+        code=pkg("toyvoc"),
     params:
         settings=config["dataset"]["toyvoc"],
     log:
@@ -46,7 +46,7 @@ rule build_splits:
         stats=f"{SPLITS}/stats.json",
     input:
         data=dataset_dir(),
-        code=pkg("splits", "voc", "io"),
+        code=pkg("splits"),
     params:
         voc_root=voc_root(),
         sbd_root=sbd_root(),

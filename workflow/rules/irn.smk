@@ -9,7 +9,7 @@ rule train_cam:
     input:
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
-        code=pkg("train_cam", "cam_net", "backbone", "transforms", "training", "voc"),
+        code=pkg("train_cam"),
     params:
         voc_root=voc_root(),
         settings=seeded("train_cam"),
@@ -34,7 +34,7 @@ rule make_cam:
         model=f"{RUN}/cam_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
-        code=pkg("make_cam", "cam_net", "backbone"),
+        code=pkg("make_cam"),
     params:
         voc_root=voc_root(),
         settings=config["make_cam"],
@@ -75,7 +75,7 @@ rule eval_cam:
     input:
         cams=f"{RUN}/cam/all",
         ids=f"{SPLITS}/train.txt",
-        code=pkg("metrics", "store"),
+        code=pkg("metrics"),
     params:
         voc_root=voc_root(),
         settings=config["eval_cam"],
@@ -93,7 +93,7 @@ rule cam_to_ir_label:
     input:
         cams=f"{RUN}/cam/all",
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("ir_label", "crf", "store"),
+        code=pkg("ir_label"),
     params:
         voc_root=voc_root(),
         settings=config["cam_to_ir_label"],
@@ -117,7 +117,7 @@ rule train_irn:
         ir_labels=f"{RUN}/ir_label/all",
         cam_model=f"{RUN}/cam_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("train_irn", "irn", "backbone", "transforms", "training", "random_walk", "train_cam"),
+        code=pkg("train_irn"),
     params:
         voc_root=voc_root(),
         settings=seeded("train_irn"),
@@ -142,7 +142,7 @@ rule make_sem_seg:
         cams=f"{RUN}/cam/all",
         model=f"{RUN}/irn_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("make_sem_seg", "random_walk", "irn", "backbone", "store"),
+        code=pkg("make_sem_seg"),
     params:
         voc_root=voc_root(),
         settings=config["make_sem_seg"],
