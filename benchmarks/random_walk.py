@@ -8,7 +8,8 @@ Times both formulations in this process (warm-up, then the median of the repeats
 measures each one's peak memory in a fresh child process (CPU: peak RSS above the
 child's RSS just before the call; CUDA: torch.cuda.max_memory_allocated above the
 allocation before it), and compares the final label maps of `sem_seg_from_rw`. The last
-line is `speedup=<x> memory_ratio=<y> agreement=<z>`.
+line is `speedup=<x> memory_ratio=<y> agreement=<z>`. CPU timings use --threads (default
+1) for both methods.
 """
 
 import argparse
@@ -182,7 +183,10 @@ def main():
     parser.add_argument("--beta", type=float, default=10.0)
     parser.add_argument("--exp-times", type=int, default=8)
     parser.add_argument("--bg-threshold", type=float, default=0.25)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
+    # One thread for both by default: an equal footing, and the sparse loop (256 products
+    # of ~1 ms) stalls at OpenMP barriers when other jobs share the cores.
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads for both methods (0: torch's default)")
     parser.add_argument("--child", choices=["sparse", "dense", "baseline"],
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
