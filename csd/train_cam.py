@@ -49,27 +49,43 @@ def base_lrs(settings):
     return [settings["lr"], settings["lr"] * settings["classifier_lr_mult"]]
 
 
-def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu"):
-    """Train CAMNet on `ids`; write {"model", "settings"} to model_out, history JSON to
-    history_out (one {"epoch", "loss", "lr"} record per epoch)."""
-    require(settings, TRAIN_KEYS, "train_cam")
+def setup(settings, ids, labels_csv, device, regime=None):
+    """What every classifier training starts with (plain, or a pasting `regime`, "csd" or
+    "cda", whose settings section must be there): checked settings, seeded RNGs, the image
+    labels and the augmentation. Returns (ids, device, labels, transform)."""
+    require(settings, TRAIN_KEYS + ((regime,) if regime else ()), "train_cam")
+    if regime and not settings["crop"]:
+        raise ValueError(f"{regime} pastes between same-size crops: settings "
+                         "'train_cam.crop' must be set")
     ids = [str(i) for i in ids]
-    device = torch.device(device)
     seed_everything(settings["seed"])
     labels = load_labels_for(labels_csv, ids)
     transform = train_transform("long", settings["resize_long"], settings["crop"],
                                 flip=settings["flip"])
+    return ids, torch.device(device), labels, transform
+
+
+def fit_classifier(model, dataset, step, settings, model_out, history_out, device,
+                   extras=None):
+    """The shared epoch loop (csd.training.fit) with the classifier's optimizer and lrs."""
+    return fit("train_cam", model, make_optimizer(model, settings), dataset, step,
+               base_lrs(settings), settings, model_out, history_out, device, extras=extras)
+
+
+def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu"):
+    """Train CAMNet on `ids`; write {"model", "settings"} to model_out, history JSON to
+    history_out (one {"epoch", "loss", "lr"} record per epoch)."""
+    ids, device, labels, transform = setup(settings, ids, labels_csv, device)
     dataset = VOCDataset(voc_root, ids, labels=labels, transform=transform)
     model = CAMNet(settings["backbone"]).to(device)
     criterion = nn.MultiLabelSoftMarginLoss()
 
-    def step(model, batch):
+    def step(model, batch, epoch):
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["label"].to(device, non_blocking=True)
         return criterion(model(images), targets), {}
 
-    return fit("train_cam", model, make_optimizer(model, settings), dataset, step,
-               base_lrs(settings), settings, model_out, history_out, device)
+    return fit_classifier(model, dataset, step, settings, model_out, history_out, device)
 
 
 def load_cam_net(model_path, device="cpu"):

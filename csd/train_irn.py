@@ -50,7 +50,7 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam
                                 momentum=settings["momentum"],
                                 weight_decay=settings["weight_decay"])
 
-    def step(model, batch):
+    def step(model, batch, epoch):
         images = batch["image"].to(device, non_blocking=True)
         masks = batch["mask"].to(device, non_blocking=True)
         return irn_step(model, images, masks, settings["radius"])

@@ -62,15 +62,17 @@ class Checkpoint:
     discarded, not resumed.
     """
 
-    def __init__(self, final_path, meta=None):
+    def __init__(self, final_path, meta=None, extras=None):
         self.path = Path(str(final_path) + ".ckpt")
         self.meta = json.loads(json.dumps(meta))  # as it reads back: tuples become lists
+        self.extras = extras or {}  # other modules a resume needs (e.g. an EMA teacher)
 
     def save(self, epoch, model, optimizer, history):
         save_torch(self.path, {
             "epoch": epoch,
             "meta": self.meta,
             "model": model.state_dict(),
+            "extras": {name: module.state_dict() for name, module in self.extras.items()},
             "optimizer": optimizer.state_dict(),
             "history": history,
             "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
@@ -88,6 +90,8 @@ class Checkpoint:
             self.remove()
             return 0, []
         model.load_state_dict(state["model"])
+        for name, module in self.extras.items():
+            module.load_state_dict(state["extras"][name])
         optimizer.load_state_dict(state["optimizer"])
         random.setstate(state["rng"]["python"])
         np.random.set_state(state["rng"]["numpy"])
@@ -99,10 +103,11 @@ class Checkpoint:
 
 
 def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, history_out,
-        device):
+        device, extras=None):
     """The epoch loop of every training stage.
 
-    step(model, batch) -> (loss, parts): parts is a dict of scalar tensors logged per epoch.
+    step(model, batch, epoch) -> (loss, parts): parts is a dict of scalar tensors logged
+    per epoch. `extras` ({name: module}) are checkpointed and restored with the model.
     Per iteration the lr of each param group follows poly(base_lrs); per epoch the mean of
     the loss and of each part goes to the history, and a checkpoint is saved. At the end
     {"model", "settings"} goes to model_out and the history to history_out (JSON).
@@ -114,7 +119,8 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
     total_steps = steps_per_epoch * settings["epochs"]
     ids_sha1 = hashlib.sha1("\n".join(map(str, getattr(dataset, "ids", []))).encode())
     checkpoint = Checkpoint(model_out, meta={"settings": settings,
-                                             "ids_sha1": ids_sha1.hexdigest()})
+                                             "ids_sha1": ids_sha1.hexdigest()},
+                            extras=extras)
     start, history = checkpoint.resume(model, optimizer)
     if start:
         print(f"{name}: resuming after epoch {start} from {checkpoint.path}", file=sys.stderr)
@@ -129,7 +135,7 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
             lrs = [poly_lr(lr, epoch * steps_per_epoch + i, total_steps, settings["poly_power"])
                    for lr in base_lrs]
             set_lr(optimizer, lrs)
-            loss, parts = step(model, batch)
+            loss, parts = step(model, batch, epoch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

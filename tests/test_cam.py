@@ -13,7 +13,7 @@ from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
 from csd.make_cam import make_cams, multiscale_cam
 from csd.train_cam import load_cam_net, train_cam
-from csd.voc import write_labels_csv
+from tests.conftest import make_voc
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,
             "freeze_bn": False}
@@ -21,27 +21,6 @@ TRAIN = {"seed": 3, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.
          "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
          "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
 MAKE_CAM = {"scales": [1.0, 0.5, 1.5], "flip": True}
-COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 14: (30, 30, 220)}  # class -> square colour
-
-
-def make_voc(root, n=8, seed=0):
-    """n JPEGs (48-64 px) on a grey background with one square per labelled class."""
-    rng = np.random.default_rng(seed)
-    (root / "JPEGImages").mkdir(parents=True)
-    labels = {}
-    for i in range(n):
-        h, w = rng.integers(48, 65, size=2)
-        image = np.full((h, w, 3), 120, np.uint8)
-        classes = sorted(rng.choice(list(COLOURS), size=rng.integers(1, 3), replace=False))
-        for c in classes:
-            s = int(rng.integers(12, 20))
-            y, x = rng.integers(0, h - s), rng.integers(0, w - s)
-            image[y:y + s, x:x + s] = COLOURS[c]
-        image_id = f"2099_{i:06d}"
-        Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=95)
-        labels[image_id] = [int(c) for c in classes]
-    write_labels_csv(root / "labels.csv", labels)
-    return sorted(labels), labels
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""End to end: the IRN baseline on a tiny synthetic config, run by Snakemake in a subprocess,
-then what a changed setting or an edited stage module reruns."""
+"""End to end: IRN, IRN+CSD and IRN+CDA on a tiny synthetic config, run by Snakemake in a
+subprocess, then what a changed setting or an edited stage module reruns."""
 
 import json
 import re
@@ -12,6 +12,7 @@ from tests.conftest import REPO, snakemake, write_config
 pytestmark = pytest.mark.workflow
 
 TINY = {
+    "methods": ["irn", "irn_csd", "irn_cda"],
     "dataset": {"name": "toyvoc", "toyvoc": {
         "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
         "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
@@ -26,16 +27,21 @@ TINY = {
         "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
         "num_workers": 0},
     "make_sem_seg": {"shards": 2},
+    # one epoch of a tiny classifier gives rough masks: accept any instance size
+    "cda": {"area_range": [0.01, 1.0]},
 }
 DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
                           "train_irn", "make_sem_seg", "eval_sem_seg"}
 
 
-def planned_rules(proc):
-    """Rule names of a dry run's job table."""
-    text = proc.stdout + proc.stderr
-    table = text.split("Job stats:")[1].split("Reasons:")[0] if "Job stats:" in text else ""
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
+def planned_jobs(proc):
+    """{(rule, method)} of a dry run's jobs (method None for jobs without that wildcard)."""
+    jobs = set()
+    for block in re.split(r"^rule ", proc.stdout + proc.stderr, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0].strip()
+        method = re.search(r"wildcards: .*?method=(\w+)", block)
+        jobs.add((rule, method.group(1) if method else None))
+    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +58,9 @@ def run(tmp_path_factory):
     return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
 
 
-def test_run_produces_seed_and_mask_metrics(run):
-    out = run["work"] / "results/irn/seed0"
+@pytest.mark.parametrize("method", TINY["methods"])
+def test_run_produces_seed_and_mask_metrics(run, method):
+    out = run["work"] / f"results/{method}/seed0"
     seed = json.loads((out / "seed_metrics.json").read_text())
     mask = json.loads((out / "mask_metrics.json").read_text())
     for metrics in (seed, mask):
@@ -67,7 +74,9 @@ def test_run_produces_seed_and_mask_metrics(run):
     assert sorted(p.stem for p in (out / "mask/all").glob("*.png")) == sorted(train_aug)
     history = json.loads((out / "cam_history.json").read_text())
     assert len(history) == 1 and history[0]["loss"] > 0
-    assert (run["work"] / "logs/irn/seed0/train_cam.log").read_text().count("train_cam") > 0
+    assert (run["work"] / f"logs/{method}/seed0/train_cam.log").read_text().count("train_cam")
+    if method == "irn_csd":  # the decoupling losses ran and were logged
+        assert {"cls", "fg", "bg"} <= set(history[0])
 
 
 def test_second_dry_run_has_nothing_to_do(run):
@@ -80,16 +89,42 @@ def test_make_cam_setting_reruns_make_cam_and_what_follows_only(run):
     changed = dict(TINY, make_cam=dict(TINY["make_cam"], scales=[1.0]))
     config = write_config(run["base"] / "changed.yaml", changed)
     proc = snakemake(run["work"], "-n", configs=[config], snakefile=run["repo"] / "Snakefile")
-    assert planned_rules(proc) - {"all"} == DOWNSTREAM_OF_MAKE_CAM
+    jobs = planned_jobs(proc)
+    assert {rule for rule, method in jobs if method == "irn"} == DOWNSTREAM_OF_MAKE_CAM
+    # CSD and CDA train on irn's pseudo masks, which change: their classifiers rerun.
+    assert {("train_cam", "irn_csd"), ("train_cam", "irn_cda")} <= jobs
 
 
-def test_editing_a_stage_module_reruns_that_stage(run):
-    module = run["repo"] / "csd/make_sem_seg.py"
-    original = module.read_text()
-    module.write_text(original + "\n# edited\n")
+def test_csd_setting_reruns_only_the_csd_method(run):
+    changed = dict(TINY, csd={"temperature": 5.0})
+    config = write_config(run["base"] / "csd_changed.yaml", changed)
+    proc = snakemake(run["work"], "-n", configs=[config], snakefile=run["repo"] / "Snakefile")
+    jobs = planned_jobs(proc) - {("all", None)}
+    assert ("train_cam", "irn_csd") in jobs and ("eval_sem_seg", "irn_csd") in jobs
+    assert {method for _, method in jobs} == {"irn_csd"}
+
+
+def jobs_after_editing(run, module):
+    """The dry run's jobs once `module` (in the run's repo copy) has been edited."""
+    path = run["repo"] / module
+    original = path.read_text()
+    path.write_text(original + "\n# edited\n")
     try:
         proc = snakemake(run["work"], "-n", configs=[run["config"]],
                          snakefile=run["repo"] / "Snakefile")
     finally:
-        module.write_text(original)
-    assert planned_rules(proc) - {"all"} == {"make_sem_seg", "merge_shards", "eval_sem_seg"}
+        path.write_text(original)
+    return planned_jobs(proc)
+
+
+def test_editing_a_stage_module_reruns_that_stage(run):
+    jobs = jobs_after_editing(run, "csd/make_sem_seg.py")
+    assert {rule for rule, method in jobs if method == "irn"} == {
+        "make_sem_seg", "merge_shards", "eval_sem_seg"}
+    # irn's masks are the round-0 masks of CSD and CDA: their classifiers rerun too.
+    assert {("train_cam", "irn_csd"), ("train_cam", "irn_cda")} <= jobs
+
+
+def test_editing_csd_code_reruns_only_the_csd_classifier_and_what_follows(run):
+    jobs = jobs_after_editing(run, "csd/decoupling.py") - {("all", None)}
+    assert ("train_cam", "irn_csd") in jobs and {m for _, m in jobs} == {"irn_csd"}

@@ -14,8 +14,18 @@ LOGS = "logs"
 ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
 
 
+# How each method trains its classifier: `base` is the method whose round-0 pseudo masks
+# (same seed) it trains on, `regime` the config section with its extra settings, `module`
+# the csd module that trains it (its code is the rule's code input).
+METHODS = {
+    "irn": {"base": None, "regime": None, "module": "train_cam"},
+    "irn_csd": {"base": "irn", "regime": "csd", "module": "decoupling"},
+    "irn_cda": {"base": "irn", "regime": "cda", "module": "copy_paste"},
+}
+
+
 wildcard_constraints:
-    method="|".join(config["methods"]),
+    method="|".join(METHODS),
     seed=r"\d+",
     shard=r"\d+",
 
@@ -58,6 +68,22 @@ def final_targets():
 def seeded(stage):
     """A training stage's settings with the run's seed, as a params function."""
     return lambda w: dict(config[stage], seed=int(w.seed))
+
+
+def classifier_settings(w):
+    """train_cam's settings for a method: the run's seed, plus the method's own section
+    (so that a CSD setting reruns only the CSD runs)."""
+    settings = dict(config["train_cam"], seed=int(w.seed))
+    regime = METHODS[w.method]["regime"]
+    if regime:
+        settings[regime] = config[regime]
+    return settings
+
+
+def round0_masks(w):
+    """The base method's train_aug pseudo masks that CSD and CDA train on (none for irn)."""
+    base = METHODS[w.method]["base"]
+    return [f"{RESULTS}/{base}/seed{w.seed}/mask/all"] if base else []
 
 
 # Per-image stages run as `shards` jobs each (several GPUs or SLURM nodes share a stage);

@@ -9,10 +9,12 @@ rule train_cam:
     input:
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
-        code=pkg("train_cam"),
+        round0=round0_masks,
+        code=lambda w: pkg(METHODS[w.method]["module"]),
     params:
         voc_root=voc_root(),
-        settings=seeded("train_cam"),
+        regime=lambda w: METHODS[w.method]["regime"],
+        settings=classifier_settings,
         lock_dir=config["gpu_lock_dir"],
     threads: workflow.cores
     resources:

@@ -1,0 +1,290 @@
+"""CSD, cross-domain semantic decoupling: the classifier retrained with pasted objects.
+
+Round 1 of CSD retrains the classifier with round-0 pseudo masks (the base method's). The
+source domain is the single-label images, grouped by class; the target domain is any train
+image (or, as an ablation, only the multi-label ones). Per sample:
+  - the main image x, usual augmentation, classification loss;
+  - a target T with its background mask (pseudo label 0) and a source S of a class c_s drawn
+    from the co-occurrence statistics of T's classes, with M_s = (pseudo label == c_s + 1);
+  - X_fg = M_s*S + (1-M_s)*T (labels y_T or c_s): the pasted object must get the CAM it gets
+    in S (L_fg); X_bg = M_bg*S + (1-M_bg)*T with M_bg = (1-M_s)*bg(T) (labels y_T): the
+    pasted background must stay background as in S (L_bg). Both paste at the same pixel
+    position, so the CAM cells of S and of the pasted image line up.
+The teacher is the same network in eval mode without gradient (or, as an ablation, an EMA
+copy). Inference is unchanged: the trained model is an ordinary CAMNet.
+"""
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import Dataset
+
+from csd.cam_net import CAMNet
+from csd.train_cam import fit_classifier, setup
+from csd.training import require
+from csd.voc import NUM_CLASSES, VOCDataset
+
+CSD_KEYS = ("target", "temperature", "teacher", "ema_decay", "confidence", "bg_logit",
+            "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg", "warmup_epochs",
+            "pasted_cls")
+EPS = 1e-5
+
+
+def cooccurrence(label_vectors):
+    """Co-occurrence counts N [20, 20], initialised to 1: N[c, c] += 1 for each
+    single-label image of class c, N[i, j] += 1 (i != j) for each image holding i and j."""
+    counts = np.ones((NUM_CLASSES, NUM_CLASSES))
+    for vector in label_vectors:
+        classes = np.flatnonzero(np.asarray(vector) > 0)
+        if len(classes) == 1:
+            counts[classes[0], classes[0]] += 1
+        else:
+            counts[np.ix_(classes, classes)] += 1 - np.eye(len(classes))
+    return counts
+
+
+def transition(counts, temperature):
+    """P = row-softmax(N / temperature)."""
+    logits = counts / temperature
+    logits = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def source_probs(transition_p, target_label, available):
+    """p(c_s) ~ sum over the target's classes k of P[k, c_s], over classes with a source."""
+    classes = np.flatnonzero(np.asarray(target_label) > 0)
+    p = transition_p[classes].sum(axis=0) * np.asarray(available, dtype=float)
+    if p.sum() <= 0:
+        raise ValueError("no source class available for a target with classes "
+                         f"{classes.tolist()}")
+    return p / p.sum()
+
+
+class PastePairs(Dataset):
+    """The main sample plus a (target, source) pair for CSD, drawn with torch's RNG (so the
+    checkpointed RNG state and the per-epoch generators make the draws reproducible).
+
+    Yields the main sample's `image`, `label`, and `target_image`, `target_label`,
+    `target_bg` (float, 1 = pseudo background), `source_image`, `source_fg` (float,
+    1 = pseudo label c_s + 1), `source_class`. Target and source get independent
+    augmentations of the same crop size; pasting keeps pixel positions.
+    """
+
+    def __init__(self, voc_root, ids, labels, mask_dir, transform, target="all",
+                 temperature=10.0):
+        if target not in ("all", "multi_label"):
+            raise ValueError(f"settings 'csd.target' must be all or multi_label, got {target!r}")
+        self.main = VOCDataset(voc_root, ids, labels=labels, transform=transform)
+        self.pairs = VOCDataset(voc_root, ids, labels=labels, mask_dir=mask_dir,
+                                transform=transform)
+        self.ids = self.main.ids
+        label_matrix = np.stack([labels[i] for i in self.ids])
+        n_labels = (label_matrix > 0).sum(axis=1)
+        self.sources = [np.flatnonzero((n_labels == 1) & (label_matrix[:, c] > 0))
+                        for c in range(NUM_CLASSES)]
+        self.available = np.array([len(s) > 0 for s in self.sources])
+        if not self.available.any():
+            raise ValueError("CSD needs single-label images (the source domain); the "
+                             "training list has none")
+        self.targets = (np.flatnonzero(n_labels > 1) if target == "multi_label"
+                        else np.arange(len(self.ids)))
+        if len(self.targets) == 0:
+            raise ValueError("settings 'csd.target: multi_label' but the training list has "
+                             "no multi-label image")
+        self.transition = transition(cooccurrence(label_matrix), temperature)
+        missing = [i for i in self.ids if not self.pairs.mask_path(i).exists()]
+        if missing:
+            raise FileNotFoundError(f"{mask_dir}: no round-0 pseudo mask for {len(missing)} "
+                                    f"ids, e.g. {missing[:3]}")
+
+    def __len__(self):
+        return len(self.ids)
+
+    @staticmethod
+    def _draw(n, p=None):
+        if p is None:
+            return int(torch.randint(n, ()).item())
+        return int(torch.multinomial(torch.as_tensor(p, dtype=torch.float64), 1).item())
+
+    def __getitem__(self, index):
+        sample = self.main[index]
+        target = self.pairs[int(self.targets[self._draw(len(self.targets))])]
+        probs = source_probs(self.transition, target["label"], self.available)
+        source_class = self._draw(NUM_CLASSES, probs)
+        pool = self.sources[source_class]
+        source = self.pairs[int(pool[self._draw(len(pool))])]
+        return {
+            "image": sample["image"], "label": sample["label"],
+            "target_image": target["image"], "target_label": target["label"],
+            "target_bg": (target["mask"] == 0).float(),
+            "source_image": source["image"],
+            "source_fg": (source["mask"] == source_class + 1).float(),
+            "source_class": source_class,
+        }
+
+
+def paste(source, target, mask):
+    """mask*source + (1-mask)*target, mask [B, H, W] in {0, 1}."""
+    mask = mask[:, None]
+    return mask * source + (1 - mask) * target
+
+
+def cells_inside(mask, size):
+    """[B, H, W] pixel mask -> [B, h, w] bool: feature cells lying fully inside the mask."""
+    return (1 - F.adaptive_max_pool2d(1 - mask[:, None], size))[:, 0] > 0.5
+
+
+def class_probs(cam, labels, bg_logit, scale):
+    """Per-cell class distribution [B, 21, h, w] (0 = background) of ReLU'd CAMs [B, 20, h, w].
+
+    Each class map is min-max normalised over its cells, a constant background logit is
+    put in front, and a softmax over channels (times `scale`) runs at every cell; classes
+    outside `labels` [B, 20] get probability 0.
+    """
+    low = cam.amin(dim=(2, 3), keepdim=True)
+    high = cam.amax(dim=(2, 3), keepdim=True)
+    norm = (cam - low) / (high - low + EPS)
+    logits = torch.cat([torch.full_like(norm[:, :1], bg_logit), norm], dim=1) * scale
+    keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1) > 0
+    logits = logits.masked_fill(~keep[:, :, None, None], float("-inf"))
+    return torch.softmax(logits, dim=1)
+
+
+def bernoulli_kl(p, q):
+    """KL(Bernoulli(p) || Bernoulli(q)), elementwise; p is the teacher's probability."""
+    p = p.clamp(EPS, 1 - EPS)
+    q = q.clamp(EPS, 1 - EPS)
+    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
+
+
+def purity_weights(teacher_cam, source_labels, valid, settings):
+    """Pixel purity: the entropy of the teacher's distribution (background logit
+    `purity_bg`), softmax over each image's valid cells, scaled to mean 1: ambiguous cells
+    weigh more."""
+    probs = class_probs(teacher_cam, source_labels, settings["purity_bg"], settings["scale"])
+    entropy = -(probs * probs.clamp_min(EPS).log()).sum(dim=1)
+    logits = entropy.masked_fill(~valid, float("-inf")).flatten(1)
+    counts = valid.flatten(1).sum(dim=1, keepdim=True)
+    weights = torch.softmax(logits, dim=1).nan_to_num(0.0) * counts
+    return weights.view_as(entropy)
+
+
+def decoupling_loss(teacher_p, student_p, region, settings, weights=None):
+    """Masked mean of KL(teacher || student) over cells inside `region` where the teacher's
+    probability exceeds `confidence`; 0 (still part of the graph) when no cell qualifies."""
+    valid = region & (teacher_p > settings["confidence"])
+    kl = bernoulli_kl(teacher_p, student_p)
+    w = valid.float() if weights is None else valid.float() * weights
+    return (kl * w).sum() / valid.sum().clamp_min(1)
+
+
+def csd_losses(teacher_cam, cam_fg, cam_bg, batch, settings):
+    """(L_fg, L_bg) from the teacher's CAMs of S and the student's CAMs of X_fg and X_bg."""
+    source_class = batch["source_class"]
+    source_labels = F.one_hot(source_class, NUM_CLASSES).float()
+    fg_labels = torch.maximum(batch["target_label"], source_labels)
+    bg_logit, scale = settings["bg_logit"], settings["scale"]
+    teacher = class_probs(teacher_cam, source_labels, bg_logit, scale)
+    student_fg = class_probs(cam_fg, fg_labels, bg_logit, scale)
+    student_bg = class_probs(cam_bg, batch["target_label"], bg_logit, scale)
+
+    size = teacher_cam.shape[2:]
+    fg_mask = batch["source_fg"]
+    bg_mask = (1 - fg_mask) * batch["target_bg"]
+    rows = torch.arange(len(source_class), device=source_class.device)
+    teacher_c, student_c = teacher[rows, source_class + 1], student_fg[rows, source_class + 1]
+    fg_region, bg_region = cells_inside(fg_mask, size), cells_inside(bg_mask, size)
+    fg_weights = bg_weights = None
+    if settings["purity"]:
+        fg_weights = purity_weights(teacher_cam, source_labels,
+                                    fg_region & (teacher_c > settings["confidence"]), settings)
+        bg_weights = purity_weights(teacher_cam, source_labels,
+                                    bg_region & (teacher[:, 0] > settings["confidence"]),
+                                    settings)
+    loss_fg = decoupling_loss(teacher_c, student_c, fg_region, settings, fg_weights)
+    loss_bg = decoupling_loss(teacher[:, 0], student_bg[:, 0], bg_region, settings, bg_weights)
+    return loss_fg, loss_bg
+
+
+class Teacher:
+    """The network that gives the source image's CAM: the student itself in eval mode without
+    gradient (CSD's choice), or an exponential moving average of it (ablation)."""
+
+    def __init__(self, model, kind, ema_decay):
+        if kind not in ("same", "ema"):
+            raise ValueError(f"settings 'csd.teacher' must be same or ema, got {kind!r}")
+        self.model = model
+        self.ema = None
+        if kind == "ema":
+            self.ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay),
+                                     use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    def update(self):
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+    @torch.no_grad()
+    def cam(self, images):
+        net = self.ema.module if self.ema is not None else self.model
+        was_training = net.training
+        net.eval()
+        try:
+            return net.cam(images)
+        finally:
+            net.train(was_training)
+
+    def extras(self):
+        return {"ema_teacher": self.ema} if self.ema is not None else {}
+
+
+def csd_step(model, teacher, batch, epoch, settings, criterion, device):
+    """One CSD batch -> (loss, parts): classification, then the two decoupling losses."""
+    batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    x, y = batch["image"], batch["label"]
+    source, target = batch["source_image"], batch["target_image"]
+    fg_mask = batch["source_fg"]
+    x_fg = paste(source, target, fg_mask)
+    x_bg = paste(source, target, (1 - fg_mask) * batch["target_bg"])
+    y_fg = torch.maximum(batch["target_label"],
+                         F.one_hot(batch["source_class"], NUM_CLASSES).float())
+
+    features = model.features(torch.cat([x, x_fg, x_bg]))
+    logits = model.logits_from_features(features)
+    n = len(x)
+    teacher.update()
+    if settings["pasted_cls"]:
+        loss_cls = criterion(logits, torch.cat([y, y_fg, batch["target_label"]]))
+    else:
+        loss_cls = criterion(logits[:n], y)
+    if epoch < settings["warmup_epochs"]:
+        return loss_cls, {"cls": loss_cls}
+
+    teacher_cam = teacher.cam(source)
+    cams = model.cam_from_features(features[n:])
+    loss_fg, loss_bg = csd_losses(teacher_cam, cams[:n], cams[n:], batch, settings)
+    loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg
+    return loss, {"cls": loss_cls, "fg": loss_fg, "bg": loss_bg}
+
+
+def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history_out,
+                  settings, device="cpu"):
+    """train_cam with CSD (settings = train_cam's plus a `csd` section); writes the same
+    files as csd.train_cam.train_cam, the history with cls/fg/bg loss parts."""
+    ids, device, labels, transform = setup(settings, ids, labels_csv, device, "csd")
+    csd = settings["csd"]
+    require(csd, CSD_KEYS, "csd")
+    dataset = PastePairs(voc_root, ids, labels, round0_mask_dir, transform,
+                         target=csd["target"], temperature=csd["temperature"])
+    model = CAMNet(settings["backbone"]).to(device)
+    teacher = Teacher(model, csd["teacher"], csd["ema_decay"])
+    criterion = nn.MultiLabelSoftMarginLoss()
+
+    def step(model, batch, epoch):
+        return csd_step(model, teacher, batch, epoch, csd, criterion, device)
+
+    return fit_classifier(model, dataset, step, settings, model_out, history_out, device,
+                          extras=teacher.extras())

@@ -1,0 +1,272 @@
+"""CSD (csd.decoupling) and CDA (csd.copy_paste): each piece on known inputs, then a short
+training run of each on a tiny VOC-like tree whose ground truth serves as round-0 masks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from csd.cam_net import CAMNet
+from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
+from csd.decoupling import (
+    PastePairs, Teacher, cells_inside, class_probs, cooccurrence, csd_losses, csd_step,
+    paste, purity_weights, source_probs, train_cam_csd, transition)
+from csd.transforms import train_transform
+from csd.voc import load_image, load_label_png, load_labels
+from tests.conftest import make_voc
+from tests.test_cam import Killed, kill_after_first_epoch
+
+BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 0,
+            "freeze_bn": False}
+TRAIN = {"seed": 1, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.01,
+         "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
+         "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
+CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
+       "confidence": 0.5, "bg_logit": 0.15, "scale": 10.0, "purity": False, "purity_bg": 0.4,
+       "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True}
+CDA = {"area_range": [0.01, 0.7], "rotation": 90, "size_range": [0.2, 0.7],
+       "paste_fraction": 0.5}
+
+
+def onehot(*classes):
+    v = np.zeros(20)
+    v[list(classes)] = 1
+    return v
+
+
+@pytest.fixture(scope="module")
+def voc(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    ids, _ = make_voc(root, n=12, seed=5)
+    return root, ids, load_labels(root / "labels.csv")
+
+
+def test_cooccurrence_counts_known_labels():
+    counts = cooccurrence([onehot(3), onehot(3), onehot(3, 14), onehot(3, 14, 12), onehot(7)])
+    expected = np.ones((20, 20))
+    expected[3, 3] += 2
+    expected[7, 7] += 1
+    expected[3, 14] += 2
+    expected[14, 3] += 2
+    for i, j in [(3, 12), (12, 3), (14, 12), (12, 14)]:
+        expected[i, j] += 1
+    np.testing.assert_array_equal(counts, expected)
+
+
+def test_source_probabilities_follow_cooccurrence_and_availability():
+    counts = np.ones((20, 20))
+    counts[14, 12] = counts[12, 14] = 40  # person <-> horse
+    p_matrix = transition(counts, temperature=10)
+    np.testing.assert_allclose(p_matrix.sum(axis=1), 1)
+    available = np.ones(20, bool)
+    probs = source_probs(p_matrix, onehot(14), available)
+    assert probs.argmax() == 12 and probs.sum() == pytest.approx(1)
+    # exp(39 / 10) times the weight of any other class
+    assert probs[12] / probs[0] == pytest.approx(np.exp(3.9))
+    # A hotter softmax spreads the mass; an unavailable class is never drawn.
+    flat = source_probs(transition(counts, 1000), onehot(14), available)
+    assert flat[12] < probs[12]
+    available[12] = False
+    assert source_probs(p_matrix, onehot(14), available)[12] == 0
+    # Several target classes: sum of their rows.
+    both = source_probs(p_matrix, onehot(12, 14), np.ones(20, bool))
+    expected = p_matrix[12] + p_matrix[14]
+    np.testing.assert_allclose(both, expected / expected.sum())
+
+
+def test_paste_pairs_masks_labels_and_pasted_images(voc):
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    transform = train_transform("long", [40, 56], 32)
+    data = PastePairs(root, ids, labels, root / "SegmentationClass", transform)
+    single = [i for i in ids if labels[i].sum() == 1]
+    for index in range(len(ids)):
+        s = data[index]
+        c = s["source_class"]
+        assert s["source_image"].shape == s["target_image"].shape == (3, 32, 32)
+        assert data.available[c]
+        # the source is a single-label image of class c; its mask is where its label map is c+1
+        assert set(torch.unique(s["source_fg"]).tolist()) <= {0.0, 1.0}
+        assert data.ids[data.sources[c][0]] in single
+        fg = s["source_fg"][None]
+        x_fg = paste(s["source_image"][None], s["target_image"][None], s["source_fg"][None])[0]
+        torch.testing.assert_close(x_fg * fg, s["source_image"] * fg)
+        torch.testing.assert_close(x_fg * (1 - fg), s["target_image"] * (1 - fg))
+        bg_mask = (1 - s["source_fg"]) * s["target_bg"]
+        assert torch.all(bg_mask <= s["target_bg"]) and torch.all(bg_mask * s["source_fg"] == 0)
+    multi = PastePairs(root, ids, labels, root / "SegmentationClass", transform,
+                       target="multi_label")
+    assert all(labels[ids[t]].sum() > 1 for t in multi.targets)
+
+
+def test_paste_pairs_missing_round0_mask_names_the_directory(voc, tmp_path):
+    root, ids, labels = voc
+    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+        PastePairs(root, ids, labels, tmp_path, train_transform("long", [40, 56], 32))
+
+
+def test_cells_inside_needs_the_whole_cell():
+    mask = torch.zeros(1, 8, 8)
+    mask[0, :4, :6] = 1  # covers cell (0, 0) fully, cell (0, 1) half
+    inside = cells_inside(mask, (2, 2))
+    assert inside.tolist() == [[[True, False], [False, False]]]
+
+
+def test_class_probs_keep_labelled_channels_and_background():
+    cam = torch.rand(2, 20, 4, 4)
+    labels = torch.tensor(np.array([onehot(3), onehot(3, 14)]), dtype=torch.float32)
+    p = class_probs(cam, labels, 0.15, 10)
+    torch.testing.assert_close(p.sum(1), torch.ones(2, 4, 4))
+    assert torch.all(p[0, 1:4] == 0) and torch.all(p[0, 5:] == 0)
+    assert torch.all(p[1, 4] > 0) and torch.all(p[1, 15] > 0)
+    # the cell where class 3 peaks is class 3 with high confidence
+    peak = cam[0, 3].flatten().argmax()
+    assert p[0, 4].flatten()[peak] > 0.99
+
+
+def loss_batch(c=3, size=32):
+    fg = torch.zeros(2, size, size)
+    fg[:, :16, :16] = 1
+    bg = 1 - fg
+    return {"source_class": torch.tensor([c, c]), "target_label":
+            torch.tensor(np.array([onehot(c), onehot(c)]), dtype=torch.float32),
+            "source_fg": fg, "target_bg": bg}
+
+
+def teacher_cam(c=3):
+    cam = torch.zeros(2, 20, 4, 4)
+    cam[:, c, :2, :2] = 5.0  # the object, where the source mask is
+    cam[:, c, 2:, 2:] = 0.1
+    return cam
+
+
+@pytest.mark.parametrize("purity", [False, True])
+def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
+    settings = dict(CSD, purity=purity)
+    batch, cam = loss_batch(), teacher_cam()
+    loss_fg, loss_bg = csd_losses(cam, cam.clone(), cam.clone(), batch, settings)
+    assert loss_fg.item() == pytest.approx(0, abs=1e-6)
+    assert loss_bg.item() == pytest.approx(0, abs=1e-6)
+    # The student ignores the pasted object (fg), or fires on the pasted background (bg).
+    weak = cam.clone()
+    weak[:, 3, :2, :2] = 0.0
+    strong_bg = cam.clone()
+    strong_bg[:, 3, 2:, 2:] = 5.0
+    loss_fg, _ = csd_losses(cam, weak, cam, batch, settings)
+    _, loss_bg = csd_losses(cam, cam, strong_bg, batch, settings)
+    assert loss_fg.item() > 0.1 and loss_bg.item() > 0.1
+
+
+def test_losses_only_on_confident_cells():
+    settings = dict(CSD, confidence=0.999999)  # nothing is that confident at scale 10 -> 0
+    batch, cam = loss_batch(), teacher_cam()
+    weak = torch.zeros_like(cam)
+    loss_fg, loss_bg = csd_losses(cam, weak, weak, batch, settings)
+    assert loss_fg.item() == 0 and loss_bg.item() == 0
+
+
+def test_purity_weights_mean_one_and_favour_ambiguous_cells():
+    cam = teacher_cam()
+    cam[:, 3, 0, 0] = 0.8  # an ambiguous cell inside the object
+    labels = torch.tensor(np.array([onehot(3), onehot(3)]), dtype=torch.float32)
+    valid = torch.zeros(2, 4, 4, dtype=torch.bool)
+    valid[:, :2, :2] = True
+    weights = purity_weights(cam, labels, valid, CSD)
+    assert weights[valid].mean().item() == pytest.approx(1.0)
+    assert torch.all(weights[~valid] == 0)
+    assert weights[0, 0, 0] > weights[0, 1, 1]
+
+
+@pytest.mark.parametrize("kind", ["same", "ema"])
+def test_gradients_reach_student_not_teacher(voc, kind):
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    data = PastePairs(root, ids, labels, root / "SegmentationClass",
+                      train_transform("long", [40, 56], 32))
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    model = CAMNet(BACKBONE)
+    teacher = Teacher(model, kind, 0.9)
+    settings = dict(CSD, confidence=0.0)  # every cell inside a region counts
+    loss, parts = csd_step(model, teacher, batch, 0, settings, nn.MultiLabelSoftMarginLoss(),
+                           "cpu")
+    assert set(parts) == {"cls", "fg", "bg"}
+    assert parts["fg"].requires_grad and parts["bg"].requires_grad
+    parts["fg"].add(parts["bg"]).backward()
+    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.training  # the teacher pass left the student in train mode
+    assert not teacher.cam(batch["source_image"]).requires_grad
+    if kind == "ema":
+        assert all(p.grad is None and not p.requires_grad for p in teacher.ema.parameters())
+    # warm-up epochs: classification only
+    _, parts = csd_step(model, teacher, batch, 0, dict(settings, warmup_epochs=1),
+                        nn.MultiLabelSoftMarginLoss(), "cpu")
+    assert set(parts) == {"cls"}
+
+
+def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, monkeypatch):
+    root, ids, _ = voc
+    settings = dict(TRAIN, csd=dict(CSD, teacher="ema"))
+    args = (root, ids, root / "labels.csv", root / "SegmentationClass")
+    history = train_cam_csd(*args, tmp_path / "a.pt", tmp_path / "a.json", settings)
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(np.isfinite(h[k]) for h in history for k in ("cls", "fg", "bg"))
+    assert json.loads((tmp_path / "a.json").read_text()) == history
+    uninterrupted = torch.load(tmp_path / "a.pt", weights_only=True)["model"]
+    CAMNet(BACKBONE).load_state_dict(uninterrupted)  # inference: an ordinary CAMNet
+    # Killed after epoch 1, restarted: the EMA teacher comes back from the checkpoint too,
+    # so the run ends with the same weights.
+    kill_after_first_epoch(monkeypatch)
+    with pytest.raises(Killed):
+        train_cam_csd(*args, tmp_path / "b.pt", tmp_path / "b.json", settings)
+    monkeypatch.undo()
+    torch.manual_seed(999)
+    assert train_cam_csd(*args, tmp_path / "b.pt", tmp_path / "b.json", settings) == history
+    resumed = torch.load(tmp_path / "b.pt", weights_only=True)["model"]
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key
+
+
+def test_instance_pool_and_instances(voc):
+    root, ids, labels = voc
+    pool = instance_pool(ids, labels, root / "SegmentationClass", (0.01, 0.7))
+    singles = {i for i in ids if labels[i].sum() == 1}
+    assert pool and {i for i, _ in pool} <= singles
+    assert all(labels[i][c] == 1 for i, c in pool)
+    assert instance_pool(ids, labels, root / "SegmentationClass", (0.9, 1.0)) == []
+    image_id, cls = pool[0]
+    image = load_image(root / "JPEGImages" / f"{image_id}.jpg")
+    mask = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
+    torch.manual_seed(0)
+    canvas, canvas_mask = make_instance(image, mask, cls, 32, CDA)
+    assert canvas.shape == (3, 32, 32) and canvas_mask.shape == (32, 32)
+    assert 0 < canvas_mask.sum() < 32 * 32 * 0.7 ** 2 + 1
+    assert torch.all(canvas[:, canvas_mask == 0] == 0)
+
+
+def test_paste_batch_pastes_first_half_and_adds_labels():
+    batch = {"image": torch.zeros(4, 3, 8, 8), "label": torch.zeros(4, 20),
+             "paste_image": torch.ones(4, 3, 8, 8), "paste_mask": torch.zeros(4, 8, 8),
+             "paste_class": torch.tensor([5, -1, 7, 9])}
+    batch["paste_mask"][:, 2:4, 2:4] = 1
+    images, labels = paste_batch(batch, 0.5)
+    assert images[0].sum() == 3 * 4 and labels[0, 5] == 1
+    assert images[1].sum() == 0 and labels[1].sum() == 0  # nothing to paste
+    assert images[2:].sum() == 0 and labels[2:].sum() == 0  # second half untouched
+    assert batch["image"].sum() == 0  # the batch itself is not modified
+
+
+def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path):
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    data = WithInstances(root, ids, labels, root / "SegmentationClass",
+                         train_transform("long", [40, 56], 32), 32, CDA)
+    for index in range(len(ids)):
+        s = data[index]
+        if s["paste_class"] >= 0:
+            assert labels[ids[index]][s["paste_class"]] == 0
+    settings = dict(TRAIN, cda=CDA)
+    history = train_cam_cda(root, ids, root / "labels.csv", root / "SegmentationClass",
+                            tmp_path / "m.pt", tmp_path / "h.json", settings)
+    assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
