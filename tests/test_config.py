@@ -29,9 +29,15 @@ def merged(overrides):
     return update(base_config(), copy.deepcopy(overrides))
 
 
-def test_published_and_demo_configs_validate():
+def test_published_demo_and_benchmark_configs_validate():
     validate_config(base_config(), SCHEMA)
-    validate_config(merged(yaml.safe_load((REPO / "config/demo.yaml").read_text())), SCHEMA)
+    demo = yaml.safe_load((REPO / "config/demo.yaml").read_text())
+    validate_config(merged(demo), SCHEMA)
+    benchmark = yaml.safe_load((REPO / "config/benchmark.yaml").read_text())
+    config = merged({**demo, **benchmark})
+    validate_config(config, SCHEMA)
+    assert config["seeds"] == [0, 1, 2]
+    assert config["methods"] == ["irn", "irn_csd", "irn_cda"]
 
 
 @pytest.mark.parametrize("overrides, key, words", [

@@ -1,5 +1,7 @@
 """Snakemake-level checks: lint, dry runs of the shipped configs."""
 
+import re
+
 import pytest
 
 from tests.conftest import REPO, snakemake
@@ -22,6 +24,18 @@ def test_dry_run_of_shipped_configs(tmp_path, configs, expected_rules):
         assert rule in table, table
     if configs:  # the demo never downloads
         assert "fetch_voc" not in table
+    # one classifier per method (irn, irn_csd, irn_cda) and seed
+    assert re.search(r"^train_cam\s+3\s*$", table, re.M), table
+
+
+def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
+    proc = snakemake(tmp_path, "-n", configs=[REPO / "config/demo.yaml",
+                                              REPO / "config/benchmark.yaml"])
+    text = proc.stdout + proc.stderr
+    assert re.search(r"^train_cam\s+9\s*$", text, re.M), text
+    for method in ("irn", "irn_csd", "irn_cda"):
+        for seed in (0, 1, 2):
+            assert f"results/{method}/seed{seed}/mask_metrics.json" in text
 
 
 def test_stage_code_inputs_follow_imports(tmp_path):

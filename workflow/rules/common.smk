@@ -59,10 +59,7 @@ def sbd_root():
 
 
 def final_targets():
-    runs = expand(RUN, method=config["methods"], seed=config["seeds"])
-    return [f"{SPLITS}/stats.json"] + [
-        f"{run}/{name}" for run in runs for name in ("seed_metrics.json", "mask_metrics.json")
-    ]
+    return [f"{SPLITS}/stats.json", f"{RESULTS}/table.csv"]
 
 
 def seeded(stage):
@@ -107,3 +104,31 @@ def shard_threads(stage):
     """Split the local cores among a stage's shards, so that they run side by side
     (SLURM runs set their own threads in profiles/slurm)."""
     return max(1, workflow.cores // config[stage]["shards"])
+
+
+# The results table (workflow/rules/results.smk).
+def table_runs(w):
+    """One entry per method and seed: its metrics files and classifier benchmark."""
+    return [
+        {
+            "method": method,
+            "seed": seed,
+            "metrics": {
+                "seed": f"{RESULTS}/{method}/seed{seed}/seed_metrics.json",
+                "mask": f"{RESULTS}/{method}/seed{seed}/mask_metrics.json",
+            },
+            "train_tsv": f"{LOGS}/benchmark/{method}/seed{seed}/train_cam.tsv",
+        }
+        for method in config["methods"]
+        for seed in config["seeds"]
+    ]
+
+
+def literature():
+    """The published-numbers CSV; a relative path is read from the repository."""
+    path = config["table"]["literature"]
+    return [str(REPO / path)] if path else []
+
+
+def table_inputs(w):
+    return [path for run in table_runs(w) for path in [*run["metrics"].values(), run["train_tsv"]]]
