@@ -45,9 +45,11 @@ class CAMNet(nn.Module):
         pooled = features.mean(dim=(2, 3), keepdim=True)
         return self.classifier(pooled).flatten(1)
 
-    def cam_from_features(self, features, relu=True):
-        """Class maps [B, 20, h, w]: the classifier applied at every position (ReLU'd = CAM)."""
-        maps = F.conv2d(features, self.classifier.weight)
+    def cam_from_features(self, features, relu=True, classifier_grad=True):
+        """Class maps [B, 20, h, w]: the classifier applied at every position (ReLU'd = CAM).
+        classifier_grad=False: a loss on these maps trains the features only."""
+        weight = self.classifier.weight if classifier_grad else self.classifier.weight.detach()
+        maps = F.conv2d(features, weight)
         return F.relu(maps) if relu else maps
 
     def forward(self, x):

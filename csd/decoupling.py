@@ -28,8 +28,9 @@ from csd.voc import NUM_CLASSES, VOCDataset
 
 CSD_KEYS = ("target", "temperature", "teacher", "ema_decay", "confidence", "bg_logit",
             "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg", "warmup_epochs",
-            "pasted_cls")
+            "pasted_cls", "classifier_grad")
 EPS = 1e-5
+MIN_RANGE = 0.1  # smallest CAM range that min-max normalisation divides by
 
 
 def cooccurrence(label_vectors):
@@ -146,7 +147,8 @@ def class_probs(cam, labels, bg_logit, scale):
     """
     low = cam.amin(dim=(2, 3), keepdim=True)
     high = cam.amax(dim=(2, 3), keepdim=True)
-    norm = (cam - low) / (high - low + EPS)
+    # A near-flat map would divide by ~0: its gradient explodes and training diverges.
+    norm = (cam - low) / (high - low).clamp_min(MIN_RANGE)
     logits = torch.cat([torch.full_like(norm[:, :1], bg_logit), norm], dim=1) * scale
     keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1) > 0
     logits = logits.masked_fill(~keep[:, :, None, None], float("-inf"))
@@ -264,7 +266,7 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
         return loss_cls, {"cls": loss_cls}
 
     teacher_cam = teacher.cam(source)
-    cams = model.cam_from_features(features[n:])
+    cams = model.cam_from_features(features[n:], classifier_grad=settings["classifier_grad"])
     loss_fg, loss_bg = csd_losses(teacher_cam, cams[:n], cams[n:], batch, settings)
     loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg
     return loss, {"cls": loss_cls, "fg": loss_fg, "bg": loss_bg}

@@ -25,7 +25,8 @@ TRAIN = {"seed": 1, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.
          "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
 CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
        "confidence": 0.5, "bg_logit": 0.15, "scale": 10.0, "purity": False, "purity_bg": 0.4,
-       "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True}
+       "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True,
+       "classifier_grad": True}
 CDA = {"area_range": [0.01, 0.7], "rotation": 90, "size_range": [0.2, 0.7],
        "paste_fraction": 0.5}
 
@@ -195,10 +196,18 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     assert parts["fg"].requires_grad and parts["bg"].requires_grad
     parts["fg"].add(parts["bg"]).backward()
     assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.backbone.stage4[-1].conv1.weight.grad.abs().sum() > 0
     assert model.training  # the teacher pass left the student in train mode
     assert not teacher.cam(batch["source_image"]).requires_grad
     if kind == "ema":
         assert all(p.grad is None and not p.requires_grad for p in teacher.ema.parameters())
+    # classifier_grad false: the decoupling losses reach the features, not the classifier
+    model.zero_grad()
+    _, parts = csd_step(model, teacher, batch, 0, dict(settings, classifier_grad=False),
+                        nn.MultiLabelSoftMarginLoss(), "cpu")
+    parts["fg"].add(parts["bg"]).backward()
+    assert model.classifier.weight.grad is None or not model.classifier.weight.grad.any()
+    assert model.backbone.stage4[-1].conv1.weight.grad.abs().sum() > 0
     # warm-up epochs: classification only
     _, parts = csd_step(model, teacher, batch, 0, dict(settings, warmup_epochs=1),
                         nn.MultiLabelSoftMarginLoss(), "cpu")
