@@ -81,6 +81,7 @@ def summary_table(long, literature=None, baseline="irn"):
     if literature is not None and len(literature):
         paper = literature.assign(source="paper")
         table = pd.concat([table, paper], ignore_index=True)
+    table["n_seeds"] = table["n_seeds"].astype("Int64")  # paper rows have none
     extra = [c for c in table.columns if c not in LEADING_COLUMNS]
     return table.reindex(columns=LEADING_COLUMNS + extra)
 
@@ -102,7 +103,8 @@ def write_table(runs, literature_csv, out):
         with atomic_path(out[key]) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.2f")
     with atomic_path(out["markdown"]) as tmp:
-        Path(tmp).write_text(table.to_markdown(index=False, floatfmt=".2f") + "\n")
+        Path(tmp).write_text(table.astype(object).where(table.notna(), None)
+                             .to_markdown(index=False, floatfmt=".2f", missingval="") + "\n")
     with atomic_path(out["html"]) as tmp:
         Path(tmp).write_text(table.to_html(index=False, float_format="{:.2f}".format, na_rep=""))
     return table
