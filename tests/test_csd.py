@@ -127,6 +127,15 @@ def test_class_probs_keep_labelled_channels_and_background():
     assert p[0, 4].flatten()[peak] > 0.99
 
 
+def test_class_probs_of_a_flat_map_have_bounded_gradients():
+    cam = torch.full((1, 20, 4, 4), 0.5)
+    cam[0, 3, 0, 0] += 1e-6  # all but flat: min-max would divide by 1e-6
+    cam.requires_grad_(True)
+    labels = torch.tensor(np.array([onehot(3)]), dtype=torch.float32)
+    class_probs(cam, labels, 0.15, 10)[0, 4].sum().backward()
+    assert torch.isfinite(cam.grad).all() and cam.grad.abs().max() < 1e3
+
+
 def loss_batch(c=3, size=32):
     fg = torch.zeros(2, size, size)
     fg[:, :16, :16] = 1
