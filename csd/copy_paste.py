@@ -81,13 +81,11 @@ class WithInstances(Dataset):
 
     def __init__(self, voc_root, ids, labels, mask_dir, transform, crop, settings):
         self.base = VOCDataset(voc_root, ids, labels=labels, transform=transform)
+        # The same tree with the round-0 masks: paths of instances (no per-sample mask load).
+        self.instances = VOCDataset(voc_root, ids, mask_dir=mask_dir)
+        self.instances.require_masks("round-0 pseudo mask")
         self.ids = self.base.ids
-        self.root, self.mask_dir = self.base.root, mask_dir
         self.crop, self.settings = crop, settings
-        missing = [i for i in self.ids if not (mask_dir / f"{i}.png").exists()]
-        if missing:
-            raise FileNotFoundError(f"{mask_dir}: no round-0 pseudo mask for {len(missing)} "
-                                    f"ids, e.g. {missing[:3]}")
         pool = instance_pool(self.ids, labels, mask_dir, settings["area_range"])
         self.by_class = [[i for i, c in pool if c == cls] for cls in range(NUM_CLASSES)]
         print(f"CDA instance pool: {len(pool)} instances, per class "
@@ -111,8 +109,8 @@ class WithInstances(Dataset):
         cls = absent[int(torch.randint(len(absent), ()).item())]
         choices = self.by_class[cls]
         image_id = choices[int(torch.randint(len(choices), ()).item())]
-        image = load_image(self.root / "JPEGImages" / f"{image_id}.jpg")
-        mask = load_label_png(self.mask_dir / f"{image_id}.png")
+        image = load_image(self.instances.image_path(image_id))
+        mask = load_label_png(self.instances.mask_path(image_id))
         paste_image, paste_mask = make_instance(image, mask, cls, self.crop, self.settings)
         sample.update(paste_image=paste_image, paste_mask=paste_mask, paste_class=cls)
         return sample

@@ -96,10 +96,7 @@ class PastePairs(Dataset):
             raise ValueError("settings 'csd.target: multi_label' but the training list has "
                              "no multi-label image")
         self.transition = transition(cooccurrence(label_matrix), temperature)
-        missing = [i for i in self.ids if not self.pairs.mask_path(i).exists()]
-        if missing:
-            raise FileNotFoundError(f"{mask_dir}: no round-0 pseudo mask for {len(missing)} "
-                                    f"ids, e.g. {missing[:3]}")
+        self.pairs.require_masks("round-0 pseudo mask")
 
     def __len__(self):
         return len(self.ids)

@@ -40,10 +40,7 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam
     transform = train_transform("scale", settings["scale_range"], settings["crop"],
                                 flip=settings["flip"])
     dataset = VOCDataset(voc_root, ids, mask_dir=ir_label_dir, transform=transform)
-    missing = [i for i in dataset.ids if not dataset.mask_path(i).exists()]
-    if missing:
-        raise FileNotFoundError(f"{ir_label_dir}: no IR label PNG for {len(missing)} ids, "
-                                f"e.g. {missing[:3]}")
+    dataset.require_masks("IR label PNG")
     model = build_irn(settings, cam_model).to(device)
     # IRN's PolyOptimizer: SGD(params, lr, weight_decay) puts wd into momentum (see train_cam)
     optimizer = torch.optim.SGD(model.edge_parameters(), lr=settings["lr"],

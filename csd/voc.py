@@ -94,6 +94,13 @@ class VOCDataset(Dataset):
     def mask_path(self, image_id):
         return self.mask_dir / f"{image_id}.png"
 
+    def require_masks(self, what):
+        """Fail before training, naming the directory and some ids, if label maps are missing."""
+        missing = [i for i in self.ids if not self.mask_path(i).exists()]
+        if missing:
+            raise FileNotFoundError(f"{self.mask_dir}: no {what} for {len(missing)} ids, "
+                                    f"e.g. {missing[:3]}")
+
     def __getitem__(self, index):
         image_id = self.ids[index]
         sample = {"id": image_id, "image": load_image(self.image_path(image_id))}
