@@ -41,11 +41,11 @@ def load_resnet(depth, pretrained, strides=(2, 2, 2, 1), dilate_last=False):
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     for layer, stride in zip(layers, strides):
         if stride == 1:
-            _set_stride_one(layer, dilation=2 if dilate_last and layer is net.layer4 else 1)
+            set_stride_one(layer, dilation=2 if dilate_last and layer is net.layer4 else 1)
     return net
 
 
-def _set_stride_one(layer, dilation=1):
+def set_stride_one(layer, dilation=1):
     block = layer[0]
     for conv in (getattr(block, "conv1", None), getattr(block, "conv2", None)):
         if conv is not None and conv.stride != (1, 1):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,3 +65,14 @@ def save_torch(path, obj):
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def pending(stage, ids, out_dirs, suffix=".png"):
+    """The ids of a per-image stage whose outputs (out_dir/<id><suffix> in every out_dir)
+    are not all written yet: a rerun after a kill resumes where it stopped."""
+    ids = [str(i) for i in ids]
+    todo = [i for i in ids if not all((Path(d) / f"{i}{suffix}").exists() for d in out_dirs)]
+    if len(todo) < len(ids):
+        print(f"{stage}: {len(ids) - len(todo)} of {len(ids)} images already done, skipped",
+              file=sys.stderr)
+    return todo

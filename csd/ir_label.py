@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from csd.crf import crf_inference_label
-from csd.io import save_png
+from csd.io import pending, save_png
 from csd.store import load_cam_pack
 from csd.voc import IGNORE, load_image, palette
 
@@ -58,9 +58,7 @@ def make_ir_labels(voc_root, ids, cam_dirs, out_dir, settings):
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
-    if len(todo) < len(ids):
-        print(f"ir labels: {len(ids) - len(todo)} of {len(ids)} already done, skipped")
+    todo = pending("cam_to_ir_label", ids, [out_dir])
     work = partial(_make_one, voc_root=str(voc_root), cam_dirs=[str(d) for d in cam_dirs],
                    out_dir=str(out_dir), settings=settings)
     workers = settings["workers"]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from csd.io import save_npz
+from csd.io import pending, save_npz
 from csd.train_cam import load_cam_net, load_labels_for
 from csd.training import require
 from csd.transforms import eval_transform
@@ -78,10 +78,7 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
         raise ValueError("settings 'make_cam.scales' is empty")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (out_dir / f"{i}.npz").exists()]
-    if len(todo) < len(ids):
-        print(f"make_cam: {len(ids) - len(todo)} of {len(ids)} images already done",
-              file=sys.stderr)
+    todo = pending("make_cam", ids, [out_dir], ".npz")
     if not todo:
         return 0
     labels = load_labels_for(labels_csv, todo)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from csd.backbone import normalize
-from csd.io import save_png
+from csd.io import pending, save_png
 from csd.irn import load_irn
 from csd.random_walk import propagate, sem_seg_from_rw
 from csd.store import load_cam_pack
@@ -52,10 +52,7 @@ def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="
     require(settings, SEM_SEG_KEYS, "make_sem_seg")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in ids if not (out_dir / f"{i}.png").exists()]
-    if len(todo) < len(ids):
-        print(f"make_sem_seg: {len(ids) - len(todo)} of {len(ids)} already done, skipped",
-              file=sys.stderr)
+    todo = pending("make_sem_seg", ids, [out_dir])
     if not todo:
         return 0
     device = torch.device(device)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -13,6 +14,16 @@ from csd.voc import palette, write_labels_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: OpenMP threads only add spin-waits, badly so on a shared 2-core box
+    (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, snakefile=None):
     """Run the repository's workflow in `workdir` in a subprocess (as a user would)."""

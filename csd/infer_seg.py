@@ -1,0 +1,92 @@
+"""DeepLab stage `infer_seg`: multi-scale + flip inference, dense CRF, label PNGs, and the
+archive the VOC evaluation server takes for the test split.
+
+Per image, each scale (and its flip, flipped back) gives softmax probabilities at full
+size; the passes are fused by their per-pixel, per-class maximum and renormalised to sum
+to 1 (the CRF reads them as probabilities). The caller shards the id list; images whose
+two PNGs (raw and CRF) exist are skipped (resume).
+"""
+
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from csd.backbone import normalize
+from csd.crf import crf_inference
+from csd.deeplab import load_deeplab, predict_logits
+from csd.io import atomic_path, pending, save_png
+from csd.make_cam import rescale
+from csd.training import require
+from csd.voc import VOCDataset, load_image, palette
+
+INFER_KEYS = ("scales", "flip", "crf")
+CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
+            "bilateral_compat", "iterations")
+ARCHIVE_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
+
+
+@torch.no_grad()
+def segment(model, image, settings, device="cpu"):
+    """uint8 HxWx3 image -> fused class probabilities, float32 numpy [21, H, W]."""
+    if not settings["scales"]:
+        raise ValueError("settings 'infer_seg.scales' is empty")
+    size = image.shape[:2]
+    fused = None
+    for scale in settings["scales"]:
+        x = normalize(np.array(rescale(image, scale))).to(device)  # copy: PIL's is read-only
+        if settings["flip"]:
+            x = torch.cat([x, x.flip(-1)])
+        probs = torch.softmax(predict_logits(model, x, size), dim=1)
+        if settings["flip"]:
+            probs = torch.stack([probs[0], probs[1].flip(-1)])
+        probs = probs.amax(dim=0)
+        fused = probs if fused is None else torch.maximum(fused, probs)
+    fused = fused / fused.sum(dim=0, keepdim=True)
+    return fused.cpu().numpy().astype(np.float32)
+
+
+def crf_refine(image, probs, crf_settings):
+    """Dense CRF on fused probabilities [21, H, W] -> refined probabilities [21, H, W]."""
+    require(crf_settings, CRF_KEYS, "infer_seg.crf")
+    return crf_inference(image, probs, crf_settings)
+
+
+def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, device="cpu"):
+    """Write palette PNGs (labels 0..20) out_dir/<id>.png (raw) and out_crf_dir/<id>.png
+    (after the CRF) for each id; returns the number of images processed."""
+    require(settings, INFER_KEYS, "infer_seg")
+    require(settings["crf"], CRF_KEYS, "infer_seg.crf")
+    out_dir, out_crf_dir = Path(out_dir), Path(out_crf_dir)
+    todo = pending("infer_seg", ids, [out_dir, out_crf_dir])
+    if not todo:
+        return 0
+    device = torch.device(device)
+    model = load_deeplab(model_path, device)
+    images = VOCDataset(voc_root, todo)
+    for image_id in tqdm(todo, desc="infer_seg", unit="img", file=sys.stderr,
+                         dynamic_ncols=True):
+        image = load_image(images.image_path(image_id))
+        probs = segment(model, image, settings, device)
+        save_png(out_dir / f"{image_id}.png", probs.argmax(axis=0), palette())
+        refined = crf_refine(image, probs, settings["crf"])
+        save_png(out_crf_dir / f"{image_id}.png", refined.argmax(axis=0), palette())
+    return len(todo)
+
+
+def pack_test_archive(pred_dir, ids, archive_path):
+    """Pack pred_dir/<id>.png as ARCHIVE_DIR/<id>.png into a tar.gz (the VOC server's
+    layout); returns the member names."""
+    pred_dir = Path(pred_dir)
+    paths = [pred_dir / f"{i}.png" for i in map(str, ids)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} predictions missing, e.g. {missing[:3]}")
+    names = [f"{ARCHIVE_DIR}/{p.name}" for p in paths]
+    with atomic_path(archive_path) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for path, name in zip(paths, names):
+            tar.add(path, arcname=name)
+    return names
