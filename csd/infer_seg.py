@@ -61,6 +61,8 @@ def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, dev
     require(settings, INFER_KEYS, "infer_seg")
     require(settings["crf"], CRF_KEYS, "infer_seg.crf")
     out_dir, out_crf_dir = Path(out_dir), Path(out_crf_dir)
+    for directory in (out_dir, out_crf_dir):
+        directory.mkdir(parents=True, exist_ok=True)  # an empty shard still has its outputs
     todo = pending("infer_seg", ids, [out_dir, out_crf_dir])
     if not todo:
         return 0

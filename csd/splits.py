@@ -86,6 +86,9 @@ def build_splits(voc_root, sbd_root, out_dir, settings):
     splits["train_aug"] = train_aug - splits["val"]
     if (lists / "test.txt").is_file():
         splits["test"] = _read_list(lists / "test.txt")
+    elif settings.get("test_split"):
+        raise FileNotFoundError(f"{lists / 'test.txt'} not found, but the configuration asks "
+                                "for the test split (dataset.voc.test_split / toyvoc n_test)")
 
     origin = {name: lists / f"{name}.txt" for name in splits}
     origin["train_aug"] = "train_aug (VOC train + SBD train + SBD val)"

@@ -4,6 +4,7 @@ subprocess, then what a changed setting or an edited stage module reruns."""
 import json
 import re
 import shutil
+import tarfile
 
 import pytest
 
@@ -27,11 +28,15 @@ TINY = {
         "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
         "num_workers": 0},
     "make_sem_seg": {"shards": 2},
+    "train_seg": {"backbone": {"depth": 18, "pretrained": None}, "batch_size": 4,
+                  "iterations": 6, "crop": 48, "num_workers": 0},
+    "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
     # one epoch of a tiny classifier gives rough masks: accept any instance size
     "cda": {"area_range": [0.01, 1.0]},
 }
+SEGMENTATION = {"train_seg", "infer_seg", "merge_shards", "eval_seg", "test_archive"}
 DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
-                          "train_irn", "make_sem_seg", "eval_sem_seg"}
+                          "train_irn", "make_sem_seg", "eval_sem_seg"} | SEGMENTATION
 
 
 def planned_jobs(proc):
@@ -79,6 +84,22 @@ def test_run_produces_seed_and_mask_metrics(run, method):
         assert {"cls", "fg", "bg"} <= set(history[0])
 
 
+@pytest.mark.parametrize("method", TINY["methods"])
+def test_run_trains_deeplab_and_evaluates_val_and_packs_test(run, method):
+    out = run["work"] / f"results/{method}/seed0"
+    val_ids = (run["work"] / "data/splits/toyvoc/val.txt").read_text().split()
+    for variant in ("val", "val_crf"):
+        metrics = json.loads((out / f"{variant}_metrics.json").read_text())
+        assert metrics["n_images"] == len(val_ids) == 6 and 0 < metrics["miou"] <= 100
+    history = json.loads((out / "seg_history.json").read_text())
+    assert len(history) >= 1 and all(epoch["loss"] > 0 for epoch in history)
+    test_ids = (run["work"] / "data/splits/toyvoc/test.txt").read_text().split()
+    with tarfile.open(out / "test_archive.tar.gz") as tar:
+        names = sorted(tar.getnames())
+    assert names == sorted(f"results/VOC2012/Segmentation/comp6_test_cls/{i}.png"
+                           for i in test_ids) and len(names) == 4
+
+
 def test_table_has_a_row_per_method_then_the_paper_rows(run):
     import pandas as pd
 
@@ -86,6 +107,8 @@ def test_table_has_a_row_per_method_then_the_paper_rows(run):
     ours = table[table["source"] == "reproduced"]
     assert list(ours["method"]) == TINY["methods"]
     assert (ours["n_seeds"] == 1).all() and ours["seed_miou"].between(0, 100).all()
+    assert ours["val_miou"].between(0, 100).all() and ours["val_crf_miou"].notna().all()
+    assert ours["test_archive"].str.endswith("test_archive.tar.gz").all()
     assert ours.set_index("method").loc["irn", "train_cpu_ratio"] == 1.0
     assert (table["source"] == "paper").sum() >= 5
     assert (run["work"] / "results/table.html").exists()
@@ -133,7 +156,7 @@ def jobs_after_editing(run, module):
 def test_editing_a_stage_module_reruns_that_stage(run):
     jobs = jobs_after_editing(run, "csd/make_sem_seg.py")
     assert {rule for rule, method in jobs if method == "irn"} == {
-        "make_sem_seg", "merge_shards", "eval_sem_seg"}
+        "make_sem_seg", "merge_shards", "eval_sem_seg"} | SEGMENTATION
     # irn's masks are the round-0 masks of CSD and CDA: their classifiers rerun too.
     assert {("train_cam", "irn_csd"), ("train_cam", "irn_cda")} <= jobs
 

@@ -141,6 +141,13 @@ def test_without_sbd_or_test(tmp_path, caplog):
     assert stats["sbd"] is False
 
 
+def test_test_split_asked_for_but_missing_names_the_list(tmp_path):
+    voc, sbd = make_dataset(tmp_path / "data", test=False)
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        build_splits(voc, sbd, tmp_path / "splits", dict(SETTINGS, test_split=True))
+    assert not (tmp_path / "splits" / "stats.json").exists()
+
+
 def test_malformed_xml_names_file(tmp_path):
     voc, sbd = make_dataset(tmp_path / "data")
     bad = voc / "Annotations" / "2010_000005.xml"

@@ -58,6 +58,13 @@ def sbd_root():
     return f"{DATA}/{DATASET}/benchmark_RELEASE/dataset"
 
 
+def has_test_split():
+    """Whether the dataset has a test split (toyvoc: n_test > 0; VOC: test_split fetched)."""
+    if DATASET == "toyvoc":
+        return config["dataset"]["toyvoc"]["n_test"] > 0
+    return config["dataset"]["voc"]["test_split"]
+
+
 def final_targets():
     return [f"{SPLITS}/stats.json", f"{RESULTS}/table.csv"]
 
@@ -85,7 +92,9 @@ def round0_masks(w):
 
 # Per-image stages run as `shards` jobs each (several GPUs or SLURM nodes share a stage);
 # merge_shards joins their outputs into one directory that later stages read.
-SHARDED = {"cam": "make_cam", "ir_label": "cam_to_ir_label", "mask": "make_sem_seg"}
+SHARDED = {"cam": "make_cam", "ir_label": "cam_to_ir_label", "mask": "make_sem_seg",
+           "pred_val": "infer_seg", "pred_val_crf": "infer_seg", "pred_test": "infer_seg",
+           "pred_test_crf": "infer_seg"}
 
 
 def shard_dirs(kind):
@@ -114,10 +123,13 @@ def table_runs(w):
             "method": method,
             "seed": seed,
             "metrics": {
-                "seed": f"{RESULTS}/{method}/seed{seed}/seed_metrics.json",
-                "mask": f"{RESULTS}/{method}/seed{seed}/mask_metrics.json",
+                kind: f"{RESULTS}/{method}/seed{seed}/{kind}_metrics.json"
+                for kind in ("seed", "mask", "val", "val_crf")
             },
             "train_tsv": f"{LOGS}/benchmark/{method}/seed{seed}/train_cam.tsv",
+            "test_archive": f"{RESULTS}/{method}/seed{seed}/test_archive.tar.gz"
+            if has_test_split()
+            else None,
         }
         for method in config["methods"]
         for seed in config["seeds"]
@@ -131,4 +143,9 @@ def literature():
 
 
 def table_inputs(w):
-    return [path for run in table_runs(w) for path in [*run["metrics"].values(), run["train_tsv"]]]
+    return [
+        path
+        for run in table_runs(w)
+        for path in [*run["metrics"].values(), run["train_tsv"], run["test_archive"]]
+        if path
+    ]

@@ -44,6 +44,7 @@ rule build_splits:
         val=f"{SPLITS}/val.txt",
         labels=f"{SPLITS}/labels.csv",
         stats=f"{SPLITS}/stats.json",
+        **({"test": f"{SPLITS}/test.txt"} if has_test_split() else {}),
     input:
         data=dataset_dir(),
         code=pkg("splits"),
@@ -51,7 +52,7 @@ rule build_splits:
         voc_root=voc_root(),
         sbd_root=sbd_root(),
         settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
-                  if DATASET == "voc" else None},
+                  if DATASET == "voc" else None, "test_split": has_test_split()},
     log:
         f"{LOGS}/data/build_splits.log",
     conda:

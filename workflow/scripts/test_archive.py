@@ -1,0 +1,9 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../..")
+from csd.infer_seg import pack_test_archive
+from csd.runner import job
+from csd.voc import read_ids
+
+with job(snakemake):
+    pack_test_archive(snakemake.input.preds, read_ids(snakemake.input.ids), snakemake.output[0])
