@@ -12,6 +12,9 @@ min_version("9.19")
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 validate_config(config, workflow.source_path("workflow/schemas/config.schema.yaml"))
 
 

@@ -69,6 +69,21 @@ def _load_gt(voc_root, image_id):
     return path, load_label_png(path)
 
 
+def seed_foreground(cams, keys):
+    """(best CAM score, its label 1..20) per pixel of CAMs [K, H, W] for classes `keys`; the
+    seed is that label where the score beats the background threshold, else 0."""
+    keys = np.asarray(keys, np.int64)
+    if len(keys) == 0:
+        return np.full(cams.shape[1:], -np.inf, np.float32), np.zeros(cams.shape[1:], np.int64)
+    return cams.max(axis=0), keys[cams.argmax(axis=0)] + 1
+
+
+def seed_labels(cams, keys, threshold):
+    """The seed label map: argmax over [threshold, CAMs] (ties go to the background)."""
+    fg_score, fg_label = seed_foreground(cams, keys)
+    return np.where(fg_score > np.float32(threshold), fg_label, 0)
+
+
 def eval_seeds(voc_root, ids, cam_dirs, out_json, settings):
     """Seed mIoU: argmax over [background plane = threshold, high_res CAMs] vs ground truth.
 
@@ -84,13 +99,7 @@ def eval_seeds(voc_root, ids, cam_dirs, out_json, settings):
         if cams.shape[1:] != gt.shape or cams.shape[0] != len(keys):
             raise ValueError(f"{image_id}: high_res CAMs {cams.shape} with {len(keys)} keys do "
                              f"not fit ground truth {gt_path} of shape {gt.shape}")
-        if len(keys) == 0:
-            fg_score = np.full(gt.shape, -np.inf, np.float32)
-            fg_label = np.zeros(gt.shape, np.int64)
-        else:
-            # argmax over [t, cams] is background exactly where no CAM beats t (ties -> bg).
-            fg_score = cams.max(axis=0)
-            fg_label = keys[cams.argmax(axis=0)] + 1
+        fg_score, fg_label = seed_foreground(cams, keys)
         valid = gt != IGNORE
         gt_valid = gt[valid].astype(np.int64)
         if gt_valid.size and gt_valid.max() >= N_LABELS:

@@ -34,7 +34,8 @@ TINY = {
     # one epoch of a tiny classifier gives rough masks: accept any instance size
     "cda": {"area_range": [0.01, 1.0]},
 }
-SEGMENTATION = {"train_seg", "infer_seg", "merge_shards", "eval_seg", "test_archive"}
+SEGMENTATION = {"train_seg", "infer_seg", "merge_shards", "eval_seg", "test_archive",
+                "overlays"}
 DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
                           "train_irn", "make_sem_seg", "eval_sem_seg"} | SEGMENTATION
 
@@ -112,6 +113,18 @@ def test_table_has_a_row_per_method_then_the_paper_rows(run):
     assert ours.set_index("method").loc["irn", "train_cpu_ratio"] == 1.0
     assert (table["source"] == "paper").sum() >= 5
     assert (run["work"] / "results/table.html").exists()
+
+
+def test_report_builds_with_the_table_and_figures(run):
+    figures = run["work"] / "results/figures"
+    expected = {"per_class_iou.png", "training_curves.png",
+                *(f"overlays_{m}_seed0.png" for m in TINY["methods"])}
+    assert {p.name for p in figures.glob("*.png")} == expected
+    report = run["base"] / "report.html"
+    snakemake(run["work"], "--report", str(report), configs=[run["config"]],
+              snakefile=run["repo"] / "Snakefile")
+    html = report.read_text()
+    assert all(name in html for name in [*expected, "table.html"])
 
 
 def test_second_dry_run_has_nothing_to_do(run):

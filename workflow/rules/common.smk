@@ -66,7 +66,25 @@ def has_test_split():
 
 
 def final_targets():
-    return [f"{SPLITS}/stats.json", f"{RESULTS}/table.csv"]
+    overlays = [f"{RESULTS}/figures/overlays_{method}_seed{config['seeds'][0]}.png"
+                for method in config["methods"]]
+    return [f"{SPLITS}/stats.json", f"{RESULTS}/table.csv",
+            f"{RESULTS}/figures/per_class_iou.png", *overlays]
+
+
+# Training stages with a per-epoch history (loss, lr): the report's training curves.
+HISTORIES = {"train_cam": "cam_history.json", "train_irn": "irn_history.json",
+             "train_seg": "seg_history.json"}
+
+
+def histories():
+    return [
+        {"method": method, "seed": seed, "stage": stage,
+         "path": f"{RESULTS}/{method}/seed{seed}/{name}"}
+        for stage, name in HISTORIES.items()
+        for method in config["methods"]
+        for seed in config["seeds"]
+    ]
 
 
 def seeded(stage):

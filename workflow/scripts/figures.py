@@ -1,0 +1,9 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../..")
+from csd.figures import per_class_bars, training_curves
+from csd.runner import job
+
+with job(snakemake):
+    per_class_bars(snakemake.input.per_class, snakemake.output.per_class)
+    training_curves(snakemake.params.histories, snakemake.output.curves)

@@ -1,0 +1,11 @@
+import sys
+
+sys.path.insert(0, f"{snakemake.scriptdir}/../..")
+from csd.figures import overlays
+from csd.runner import job
+from csd.voc import read_ids
+
+with job(snakemake):
+    ids = read_ids(snakemake.input.ids)[: snakemake.params.n_images]
+    overlays(snakemake.params.voc_root, ids, [snakemake.input.cams], [snakemake.input.masks],
+             snakemake.input.seg_model, snakemake.output[0], snakemake.params.settings)
