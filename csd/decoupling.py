@@ -135,21 +135,41 @@ def cells_inside(mask, size):
     return (1 - F.adaptive_max_pool2d(1 - mask[:, None], size))[:, 0] > 0.5
 
 
-def class_probs(cam, labels, bg_logit, scale):
-    """Per-cell class distribution [B, 21, h, w] (0 = background) of ReLU'd CAMs [B, 20, h, w].
+def channel_probs(maps, scale):
+    """Per-cell class distribution [B, 20, h, w] of raw (pre-ReLU) class maps: min-max over
+    the 20 channels at each cell, then softmax(scale * .) over channels. Only the classes'
+    order at a cell matters, so pushing the pasted class up there cannot work through the
+    map's peak elsewhere; raw maps keep a gradient where the ReLU'd CAM is 0."""
+    low = maps.amin(dim=1, keepdim=True)
+    high = maps.amax(dim=1, keepdim=True)
+    # A cell where all classes are equal would divide by ~0 and blow up the gradient.
+    norm = (maps - low) / (high - low).clamp_min(MIN_RANGE)
+    return torch.softmax(norm * scale, dim=1)
 
-    Each class map is min-max normalised over its cells, a constant background logit is
-    put in front, and a softmax over channels (times `scale`) runs at every cell; classes
-    outside `labels` [B, 20] get probability 0.
-    """
-    low = cam.amin(dim=(2, 3), keepdim=True)
-    high = cam.amax(dim=(2, 3), keepdim=True)
-    # A near-flat map would divide by ~0: its gradient explodes and training diverges.
-    norm = (cam - low) / (high - low).clamp_min(MIN_RANGE)
-    logits = torch.cat([torch.full_like(norm[:, :1], bg_logit), norm], dim=1) * scale
+
+def seed_scores(maps):
+    """Seed-style scores of raw class maps: ReLU, divided by each map's spatial max (as
+    make_cam's seeds). Used where a relative score is wanted without a gradient (the
+    teacher's confidence, purity): as a training target its 1/max would feed back."""
+    cam = F.relu(maps)
+    return cam / cam.amax(dim=(2, 3), keepdim=True).clamp_min(MIN_RANGE)
+
+
+def label_probs(scores, labels, bg_logit, scale):
+    """Per-cell distribution [B, 21, h, w] (0 = background): softmax(scale * [bg_logit,
+    scores]) over the background and the classes in `labels` [B, 20] (others get 0)."""
+    logits = torch.cat([torch.full_like(scores[:, :1], bg_logit), scores], dim=1) * scale
     keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1) > 0
     logits = logits.masked_fill(~keep[:, :, None, None], float("-inf"))
     return torch.softmax(logits, dim=1)
+
+
+def background_probs(maps, labels, bg_logit, scale):
+    """Per-cell background probability [B, h, w] from the ReLU'd class maps in logit units:
+    a cell is background when no labelled class scores above `bg_logit`. No per-map
+    normalisation: dividing by the map's own max let the loss shrink (or sharpen) whole
+    maps instead of the scores at the pasted cells."""
+    return label_probs(F.relu(maps), labels, bg_logit, scale)[:, 0]
 
 
 def bernoulli_kl(p, q):
@@ -159,11 +179,12 @@ def bernoulli_kl(p, q):
     return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
 
 
-def purity_weights(teacher_cam, source_labels, valid, settings):
-    """Pixel purity: the entropy of the teacher's distribution (background logit
+def purity_weights(teacher_maps, source_labels, valid, settings):
+    """Pixel purity: the entropy of the teacher's seed distribution (background logit
     `purity_bg`), softmax over each image's valid cells, scaled to mean 1: ambiguous cells
     weigh more."""
-    probs = class_probs(teacher_cam, source_labels, settings["purity_bg"], settings["scale"])
+    probs = label_probs(seed_scores(teacher_maps), source_labels, settings["purity_bg"],
+                        settings["scale"])
     entropy = -(probs * probs.clamp_min(EPS).log()).sum(dim=1)
     logits = entropy.masked_fill(~valid, float("-inf")).flatten(1)
     counts = valid.flatten(1).sum(dim=1, keepdim=True)
@@ -171,41 +192,43 @@ def purity_weights(teacher_cam, source_labels, valid, settings):
     return weights.view_as(entropy)
 
 
-def decoupling_loss(teacher_p, student_p, region, settings, weights=None):
-    """Masked mean of KL(teacher || student) over cells inside `region` where the teacher's
-    probability exceeds `confidence`; 0 (still part of the graph) when no cell qualifies."""
-    valid = region & (teacher_p > settings["confidence"])
+def decoupling_loss(teacher_p, student_p, valid, weights=None):
+    """Mean of KL(teacher || student) over the `valid` cells; 0 (still part of the graph)
+    when none is valid."""
     kl = bernoulli_kl(teacher_p, student_p)
     w = valid.float() if weights is None else valid.float() * weights
     return (kl * w).sum() / valid.sum().clamp_min(1)
 
 
-def csd_losses(teacher_cam, cam_fg, cam_bg, batch, settings):
-    """(L_fg, L_bg) from the teacher's CAMs of S and the student's CAMs of X_fg and X_bg."""
+def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """(L_fg, L_bg) from raw class maps: the teacher's of S, the student's of X_fg and X_bg.
+
+    L_fg: on cells inside the pasted object where S's seed for c_s is above `confidence`,
+    X_fg must give c_s the share of the cell (channel min-max, softmax) it has in S.
+    L_bg: on cells inside the pasted background where S is background (c_s's map below
+    `bg_logit`) with probability above `confidence`, X_bg must be background for T's
+    classes as S is for c_s.
+    """
     source_class = batch["source_class"]
     source_labels = F.one_hot(source_class, NUM_CLASSES).float()
-    fg_labels = torch.maximum(batch["target_label"], source_labels)
-    bg_logit, scale = settings["bg_logit"], settings["scale"]
-    teacher = class_probs(teacher_cam, source_labels, bg_logit, scale)
-    student_fg = class_probs(cam_fg, fg_labels, bg_logit, scale)
-    student_bg = class_probs(cam_bg, batch["target_label"], bg_logit, scale)
-
-    size = teacher_cam.shape[2:]
-    fg_mask = batch["source_fg"]
-    bg_mask = (1 - fg_mask) * batch["target_bg"]
     rows = torch.arange(len(source_class), device=source_class.device)
-    teacher_c, student_c = teacher[rows, source_class + 1], student_fg[rows, source_class + 1]
-    fg_region, bg_region = cells_inside(fg_mask, size), cells_inside(bg_mask, size)
+    scale, confidence = settings["scale"], settings["confidence"]
+    teacher_seed = seed_scores(teacher_maps)[rows, source_class]
+    teacher_c = channel_probs(teacher_maps, scale)[rows, source_class]
+    student_c = channel_probs(maps_fg, scale)[rows, source_class]
+    teacher_bg = background_probs(teacher_maps, source_labels, settings["bg_logit"], scale)
+    student_bg = background_probs(maps_bg, batch["target_label"], settings["bg_logit"], scale)
+
+    size = teacher_maps.shape[2:]
+    fg_mask = batch["source_fg"]
+    fg_valid = cells_inside(fg_mask, size) & (teacher_seed > confidence)
+    bg_valid = cells_inside((1 - fg_mask) * batch["target_bg"], size) & (teacher_bg > confidence)
     fg_weights = bg_weights = None
     if settings["purity"]:
-        fg_weights = purity_weights(teacher_cam, source_labels,
-                                    fg_region & (teacher_c > settings["confidence"]), settings)
-        bg_weights = purity_weights(teacher_cam, source_labels,
-                                    bg_region & (teacher[:, 0] > settings["confidence"]),
-                                    settings)
-    loss_fg = decoupling_loss(teacher_c, student_c, fg_region, settings, fg_weights)
-    loss_bg = decoupling_loss(teacher[:, 0], student_bg[:, 0], bg_region, settings, bg_weights)
-    return loss_fg, loss_bg
+        fg_weights = purity_weights(teacher_maps, source_labels, fg_valid, settings)
+        bg_weights = purity_weights(teacher_maps, source_labels, bg_valid, settings)
+    return (decoupling_loss(teacher_c, student_c, fg_valid, fg_weights),
+            decoupling_loss(teacher_bg, student_bg, bg_valid, bg_weights))
 
 
 class Teacher:
@@ -227,12 +250,13 @@ class Teacher:
             self.ema.update_parameters(self.model)
 
     @torch.no_grad()
-    def cam(self, images):
+    def maps(self, images):
+        """Raw (pre-ReLU) class maps of `images`, in eval mode."""
         net = self.ema.module if self.ema is not None else self.model
         was_training = net.training
         net.eval()
         try:
-            return net.cam(images)
+            return net.cam_from_features(net.features(images), relu=False)
         finally:
             net.train(was_training)
 
@@ -262,9 +286,10 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     if epoch < settings["warmup_epochs"]:
         return loss_cls, {"cls": loss_cls}
 
-    teacher_cam = teacher.cam(source)
-    cams = model.cam_from_features(features[n:], classifier_grad=settings["classifier_grad"])
-    loss_fg, loss_bg = csd_losses(teacher_cam, cams[:n], cams[n:], batch, settings)
+    teacher_maps = teacher.maps(source)
+    maps = model.cam_from_features(features[n:], relu=False,
+                                   classifier_grad=settings["classifier_grad"])
+    loss_fg, loss_bg = csd_losses(teacher_maps, maps[:n], maps[n:], batch, settings)
     loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg
     return loss, {"cls": loss_cls, "fg": loss_fg, "bg": loss_bg}
 

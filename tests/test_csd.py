@@ -11,8 +11,8 @@ import torch.nn as nn
 from csd.cam_net import CAMNet
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.decoupling import (
-    PastePairs, Teacher, cells_inside, class_probs, cooccurrence, csd_losses, csd_step,
-    paste, purity_weights, source_probs, train_cam_csd, transition)
+    PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
+    background_probs, paste, purity_weights, seed_scores, source_probs, train_cam_csd, transition)
 from csd.transforms import train_transform
 from csd.voc import load_image, load_label_png, load_labels
 from tests.conftest import make_voc
@@ -115,25 +115,45 @@ def test_cells_inside_needs_the_whole_cell():
     assert inside.tolist() == [[[True, False], [False, False]]]
 
 
-def test_class_probs_keep_labelled_channels_and_background():
-    cam = torch.rand(2, 20, 4, 4)
-    labels = torch.tensor(np.array([onehot(3), onehot(3, 14)]), dtype=torch.float32)
-    p = class_probs(cam, labels, 0.15, 10)
+def test_channel_probs_rank_the_classes_at_each_cell():
+    maps = torch.randn(2, 20, 4, 4)
+    p = channel_probs(maps, 10)
     torch.testing.assert_close(p.sum(1), torch.ones(2, 4, 4))
-    assert torch.all(p[0, 1:4] == 0) and torch.all(p[0, 5:] == 0)
-    assert torch.all(p[1, 4] > 0) and torch.all(p[1, 15] > 0)
-    # the cell where class 3 peaks is class 3 with high confidence
-    peak = cam[0, 3].flatten().argmax()
-    assert p[0, 4].flatten()[peak] > 0.99
+    assert torch.equal(p.argmax(1), maps.argmax(1))
+    # min-max over channels: a per-cell shift and positive scale change nothing
+    torch.testing.assert_close(channel_probs(3 * maps + torch.randn(2, 1, 4, 4), 10), p)
 
 
-def test_class_probs_of_a_flat_map_have_bounded_gradients():
-    cam = torch.full((1, 20, 4, 4), 0.5)
-    cam[0, 3, 0, 0] += 1e-6  # all but flat: min-max would divide by 1e-6
-    cam.requires_grad_(True)
-    labels = torch.tensor(np.array([onehot(3)]), dtype=torch.float32)
-    class_probs(cam, labels, 0.15, 10)[0, 4].sum().backward()
-    assert torch.isfinite(cam.grad).all() and cam.grad.abs().max() < 1e3
+def test_channel_probs_of_equal_channels_have_bounded_gradients():
+    maps = torch.full((1, 20, 4, 4), 0.5)
+    maps[0, 3, 0, 0] += 1e-6  # all but equal: min-max would divide by 1e-6
+    maps.requires_grad_(True)
+    channel_probs(maps, 10)[0, 3].sum().backward()
+    assert torch.isfinite(maps.grad).all() and maps.grad.abs().max() < 1e3
+
+
+def test_background_probs_read_labelled_classes_in_logit_units():
+    maps = torch.zeros(2, 20, 4, 4)
+    maps[:, 3, 0, 0] = 2.0     # class 3 fires at one cell
+    maps[:, 14, 1, 1] = 2.0    # class 14 at another
+    maps[:, 5] = -1.0          # negative scores count as 0
+    labels = torch.tensor(np.array([onehot(3), onehot(3, 14)]), dtype=torch.float32)
+    bg = background_probs(maps, labels, 0.15, 10)
+    assert bg[0, 0, 0] < 0.01 and bg[1, 0, 0] < 0.01
+    assert bg[0, 1, 1] == pytest.approx(1 / (1 + np.exp(-1.5)), rel=1e-5)  # 14 not labelled
+    assert bg[1, 1, 1] < 0.01
+    # no per-map normalisation: a loss at one cell moves that cell only
+    maps.requires_grad_(True)
+    background_probs(maps, labels, 0.15, 10)[0, 0, 0].backward()
+    assert maps.grad[0, 3, 0, 0] < 0 and maps.grad[0].abs().sum() == -maps.grad[0, 3, 0, 0]
+
+
+def test_seed_scores_are_max_normalised_cams():
+    maps = torch.randn(2, 20, 4, 4, generator=torch.Generator().manual_seed(0))
+    scores = seed_scores(maps)
+    torch.testing.assert_close(scores.amax(dim=(2, 3)), (maps.amax(dim=(2, 3)) > 0).float(),
+                               check_dtype=False)
+    assert torch.all(scores[maps <= 0] == 0)
 
 
 def loss_batch(c=3, size=32):
@@ -170,7 +190,7 @@ def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
 
 
 def test_losses_only_on_confident_cells():
-    settings = dict(CSD, confidence=0.999999)  # nothing is that confident at scale 10 -> 0
+    settings = dict(CSD, confidence=1.0)  # seed scores and probabilities never exceed 1
     batch, cam = loss_batch(), teacher_cam()
     weak = torch.zeros_like(cam)
     loss_fg, loss_bg = csd_losses(cam, weak, weak, batch, settings)
@@ -207,7 +227,7 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     assert model.classifier.weight.grad.abs().sum() > 0
     assert model.backbone.stage4[-1].conv1.weight.grad.abs().sum() > 0
     assert model.training  # the teacher pass left the student in train mode
-    assert not teacher.cam(batch["source_image"]).requires_grad
+    assert not teacher.maps(batch["source_image"]).requires_grad
     if kind == "ema":
         assert all(p.grad is None and not p.requires_grad for p in teacher.ema.parameters())
     # classifier_grad false: the decoupling losses reach the features, not the classifier
