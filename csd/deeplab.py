@@ -26,11 +26,13 @@ class DeepLabV2(nn.Module):
     3x3 conv per rate straight to the class logits (DeepLab-v2's fc8 branches).
 
     BatchNorm is frozen entirely (running statistics and affine), as DeepLab-v2 trains with
-    batches of 10 that would give poor batch statistics.
+    batches of 10 that would give poor batch statistics. That needs pretrained statistics:
+    from scratch (freeze_bn=False) BatchNorm trains as usual, else activations explode.
     """
 
-    def __init__(self, depth=101, pretrained="imagenet", rates=(6, 12, 18, 24)):
+    def __init__(self, depth=101, pretrained="imagenet", rates=(6, 12, 18, 24), freeze_bn=True):
         super().__init__()
+        self.freeze_bn = freeze_bn
         net = load_resnet(depth, pretrained)
         for layer, dilation in ((net.layer3, 2), (net.layer4, 4)):
             set_stride_one(layer, dilation=dilation)
@@ -43,13 +45,13 @@ class DeepLabV2(nn.Module):
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
         for m in self.backbone.modules():
-            if isinstance(m, nn.BatchNorm2d):
+            if isinstance(m, nn.BatchNorm2d) and freeze_bn:
                 for p in m.parameters():
                     p.requires_grad_(False)
 
     def train(self, mode=True):
         super().train(mode)
-        for m in self.modules():
+        for m in self.modules() if self.freeze_bn else ():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
         return self
@@ -85,13 +87,14 @@ def build_deeplab(settings, pretrained=None):
     """The model named by settings["arch"]; `pretrained` overrides settings' backbone one
     (None keeps it; rebuilding a trained model passes "none")."""
     require(settings, ("arch", "backbone"), "deeplab")
-    require(settings["backbone"], ("depth", "pretrained"), "deeplab.backbone")
+    require(settings["backbone"], ("depth", "pretrained", "freeze_bn"), "deeplab.backbone")
     arch = settings["arch"]
     depth = settings["backbone"]["depth"]
     pretrained = settings["backbone"]["pretrained"] if pretrained is None else pretrained
     if arch == "deeplab_v2":
         require(settings, ("aspp_rates",), "deeplab")
-        return DeepLabV2(depth, pretrained, tuple(settings["aspp_rates"]))
+        return DeepLabV2(depth, pretrained, tuple(settings["aspp_rates"]),
+                         freeze_bn=settings["backbone"]["freeze_bn"])
     if arch == "deeplab_v3":
         return DeepLabV3(depth, pretrained)
     raise ValueError(f"settings key 'arch' must be one of {ARCHS}, got {arch!r}")

@@ -21,7 +21,7 @@ from csd.voc import load_label_png, palette
 from tests.conftest import make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 
-BACKBONE = {"depth": 18, "pretrained": None}
+BACKBONE = {"depth": 18, "pretrained": None, "freeze_bn": True}
 MODEL = {"arch": "deeplab_v2", "backbone": BACKBONE, "aspp_rates": [6, 12, 18, 24]}
 # 8 images at batch 4: 2 steps per epoch, so 4 iterations = 2 epochs
 TRAIN = dict(MODEL, seed=0, batch_size=4, iterations=4, lr=2.5e-4, weight_decay=5e-4,
@@ -86,7 +86,7 @@ def test_v2_logits_are_the_sum_of_the_aspp_branches(v2):
 
 def test_v3_builds_with_21_classes_at_stride_8():
     torch.manual_seed(0)
-    model = build_deeplab({"arch": "deeplab_v3", "backbone": {"depth": 50, "pretrained": None}})
+    model = build_deeplab({"arch": "deeplab_v3", "backbone": {"depth": 50, "pretrained": None, "freeze_bn": False}})
     assert model.head[-1].out_channels == 21
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 41, 33)).shape == (1, 21, 6, 5)
@@ -104,7 +104,7 @@ def test_bad_arch_names_the_key():
 @pytest.mark.parametrize("arch", ["deeplab_v2", "deeplab_v3"])
 def test_lr_groups_cover_trainable_params_once(v2, arch):
     model = v2 if arch == "deeplab_v2" else build_deeplab(
-        {"arch": arch, "backbone": {"depth": 50, "pretrained": None}})
+        {"arch": arch, "backbone": {"depth": 50, "pretrained": None, "freeze_bn": False}})
     groups, base_lrs = param_groups(model, 1e-3)
     assert base_lrs == pytest.approx([1e-3, 1e-2, 2e-2])
     assert [g["lr"] for g in groups] == base_lrs
@@ -133,6 +133,16 @@ def test_v2_batchnorm_is_frozen(v2):
     finally:
         v2.zero_grad(set_to_none=True)
         v2.eval()
+
+
+def test_v2_batchnorm_trains_when_not_frozen():
+    # from scratch there are no statistics to freeze: BatchNorm must learn them
+    model = build_deeplab(dict(MODEL, backbone=dict(BACKBONE, freeze_bn=False))).train()
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(2, 3, 40, 40))
+    assert bn.training and bn.weight.requires_grad
+    assert not torch.equal(before, bn.running_mean)
 
 
 def test_train_deeplab_writes_model_and_history(trained):
