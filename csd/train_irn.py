@@ -10,8 +10,7 @@ import torch
 
 from csd.irn import affinity_loss, build_irn, downsample_label, edge_to_affinity, pair_labels
 from csd.training import fit, require, seed_everything
-from csd.transforms import train_transform
-from csd.voc import VOCDataset
+from csd.transforms import mask_training_set
 
 TRAIN_KEYS = ("seed", "backbone", "init_from_cam", "batch_size", "epochs", "lr",
               "weight_decay", "momentum", "poly_power", "scale_range", "crop", "flip",
@@ -37,10 +36,8 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam
     require(settings["backbone"], ("depth", "pretrained", "strides"), "train_irn.backbone")
     device = torch.device(device)
     seed_everything(settings["seed"])
-    transform = train_transform("scale", settings["scale_range"], settings["crop"],
-                                flip=settings["flip"])
-    dataset = VOCDataset(voc_root, ids, mask_dir=ir_label_dir, transform=transform)
-    dataset.require_masks("IR label PNG")
+    dataset = mask_training_set(voc_root, ids, ir_label_dir, settings["scale_range"],
+                                settings["crop"], settings["flip"], "IR label PNG")
     model = build_irn(settings, cam_model).to(device)
     # IRN's PolyOptimizer: SGD(params, lr, weight_decay) puts wd into momentum (see train_cam)
     optimizer = torch.optim.SGD(model.edge_parameters(), lr=settings["lr"],

@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from csd.deeplab import build_deeplab, param_groups, predict_logits
 from csd.training import fit, require, seed_everything
-from csd.transforms import train_transform
-from csd.voc import IGNORE, VOCDataset
+from csd.transforms import mask_training_set
+from csd.voc import IGNORE
 
 TRAIN_KEYS = ("seed", "arch", "backbone", "batch_size", "iterations", "lr", "weight_decay",
               "momentum", "poly_power", "scales", "crop", "flip", "num_workers")
@@ -37,12 +37,8 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, dev
     ids = [str(i) for i in ids]
     device = torch.device(device)
     seed_everything(settings["seed"])
-    # scale: a factor drawn in scales[0]..scales[1]; the crop pads images with 0 (the mean
-    # after normalisation) and masks with IGNORE.
-    transform = train_transform("scale", settings["scales"], settings["crop"],
-                                flip=settings["flip"])
-    dataset = VOCDataset(voc_root, ids, mask_dir=mask_dir, transform=transform)
-    dataset.require_masks("pseudo mask PNG")
+    dataset = mask_training_set(voc_root, ids, mask_dir, settings["scales"], settings["crop"],
+                                settings["flip"], "pseudo mask PNG")
     settings = dict(settings, epochs=epochs_for(settings["iterations"], len(ids),
                                                 settings["batch_size"]))
     model = build_deeplab(settings).to(device)

@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from csd.backbone import MEAN, STD
-from csd.voc import IGNORE
+from csd.voc import IGNORE, VOCDataset
 
 
 class RandomResize(v2.Transform):
@@ -69,6 +69,16 @@ def train_transform(resize_mode, resize_range, crop, flip=True):
     steps += normalize_and_crop(crop)
     steps.append(_plain)
     return v2.Compose(steps)
+
+
+def mask_training_set(voc_root, ids, mask_dir, scale_range, crop, flip, what):
+    """(image, label map mask_dir/<id>.png) pairs, rescaled by a factor in scale_range,
+    flipped and cropped (masks padded with IGNORE): IRN's and DeepLab's training data.
+    Missing maps stop it with an error calling them `what`."""
+    dataset = VOCDataset(voc_root, ids, mask_dir=mask_dir,
+                         transform=train_transform("scale", scale_range, crop, flip=flip))
+    dataset.require_masks(what)
+    return dataset
 
 
 def eval_transform():
