@@ -20,7 +20,8 @@ def load_resnet(depth, pretrained, strides=(2, 2, 2, 1), dilate_last=False):
     """A torchvision ResNet of `depth` with `strides` for layer1..layer4 (stem stride 4 fixed).
 
     pretrained: "imagenet" (torchvision weights API; needs the weight cache or internet),
-    a path to a local state_dict file (offline clusters), or None / "none".
+    a path to a local state_dict file (offline clusters), a state_dict in torchvision's
+    naming (e.g. `classifier_backbone`), or None / "none".
     dilate_last: replace the layer4 stride by dilation (DeepLab style) instead of dropping it.
     """
     if depth not in WEIGHTS:
@@ -28,21 +29,67 @@ def load_resnet(depth, pretrained, strides=(2, 2, 2, 1), dilate_last=False):
     build = getattr(torchvision.models, f"resnet{depth}")
     weights = WEIGHTS[depth] if pretrained == "imagenet" else None
     net = build(weights=weights)
-    if pretrained not in (None, "none", "imagenet"):
+    if isinstance(pretrained, dict):
+        load_weights(net, pretrained, f"resnet{depth}", "the given state_dict")
+    elif pretrained not in (None, "none", "imagenet"):
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"pretrained weights file not found: {path}")
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        bad = [k for k in missing if not k.startswith("fc.")]
-        if bad:
-            raise ValueError(f"{path}: weights do not fit resnet{depth} (missing {bad[:5]}...)")
+        load_weights(net, state.get("state_dict", state), f"resnet{depth}", path)
     layers = [net.layer1, net.layer2, net.layer3, net.layer4]
     for layer, stride in zip(layers, strides):
         if stride == 1:
             set_stride_one(layer, dilation=2 if dilate_last and layer is net.layer4 else 1)
     return net
+
+
+def load_weights(net, state, name, source):
+    """Load a ResNet state_dict; only `fc.` may be missing (classifiers drop it)."""
+    try:
+        missing, _ = net.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatch
+        raise ValueError(f"{source}: weights do not fit {name}: {err}") from None
+    bad = [k for k in missing if not k.startswith("fc.")]
+    if bad:
+        raise ValueError(f"{source}: weights do not fit {name} (missing {bad[:5]}...)")
+
+
+# A Backbone's module names -> torchvision's ResNet names.
+TORCHVISION_NAMES = {"stage1.0.": "conv1.", "stage1.1.": "bn1.", "stage1.4.": "layer1.",
+                     "stage2.": "layer2.", "stage3.": "layer3.", "stage4.": "layer4."}
+
+
+def initial_weights(settings, cam_model, stage):
+    """What a stage's ResNet starts from: settings' backbone `pretrained`, or with
+    settings["init_from_cam"] the trained classifier's backbone (the synthetic benchmark's
+    stand-in for ImageNet weights, which cannot be fetched there)."""
+    if not settings["init_from_cam"]:
+        return settings["backbone"]["pretrained"]
+    if cam_model is None:
+        raise ValueError(f"{stage}: settings['init_from_cam'] is true but no cam_model "
+                         "file was given")
+    return classifier_backbone(cam_model, settings["backbone"]["depth"], stage)
+
+
+def classifier_backbone(cam_model, depth, stage):
+    """The ResNet weights (torchvision naming) of a trained classifier file (train_cam's
+    {"model": state_dict, "settings"}), checked against the `depth` the stage builds."""
+    saved = torch.load(cam_model, map_location="cpu", weights_only=True)
+    if not isinstance(saved, dict) or "model" not in saved:
+        raise ValueError(f"{cam_model}: not a classifier file ({{'model': state_dict, ...}})")
+    cam_depth = saved.get("settings", {}).get("backbone", {}).get("depth")
+    if cam_depth != depth:
+        raise ValueError(f"{cam_model}: classifier backbone depth {cam_depth} does not fit "
+                         f"{stage} backbone depth {depth}")
+    state = {}
+    for key, value in saved["model"].items():
+        for ours, theirs in TORCHVISION_NAMES.items():
+            if key.startswith("backbone." + ours):
+                state[theirs + key[len("backbone." + ours):]] = value
+    if not state:
+        raise ValueError(f"{cam_model}: no ResNet 'backbone.' weights in its state_dict")
+    return state
 
 
 def set_stride_one(layer, dilation=1):

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from csd.backbone import Backbone
+from csd.backbone import Backbone, initial_weights
 from csd.random_walk import affinity_maps, path_directions
 from csd.voc import IGNORE
 
@@ -87,29 +87,9 @@ class EdgeNet(nn.Module):
 
 def build_irn(settings, cam_model=None):
     """EdgeNet from train_irn settings; with settings["init_from_cam"] the backbone weights
-    come from the CAM classifier file `cam_model` ({"model": state_dict, "settings"}, keys
-    prefixed "backbone.") instead of settings["backbone"]["pretrained"]."""
+    come from the CAM classifier file `cam_model` instead of settings["backbone"]["pretrained"]."""
     backbone = settings["backbone"]
-    if not settings["init_from_cam"]:
-        return EdgeNet(backbone, pretrained=backbone["pretrained"])
-    if cam_model is None:
-        raise ValueError("train_irn: settings['init_from_cam'] is true but no cam_model "
-                         "file was given")
-    net = EdgeNet(backbone, pretrained=None)
-    saved = torch.load(cam_model, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or "model" not in saved:
-        raise ValueError(f"{cam_model}: not a classifier file ({{'model': state_dict, ...}})")
-    state = {k[len("backbone."):]: v for k, v in saved["model"].items()
-             if k.startswith("backbone.")}
-    if not state:
-        raise ValueError(f"{cam_model}: no 'backbone.' weights in its state_dict")
-    try:
-        net.backbone.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        cam_depth = saved.get("settings", {}).get("backbone", {}).get("depth")
-        raise ValueError(f"{cam_model}: backbone weights (depth {cam_depth}) do not fit "
-                         f"train_irn backbone depth {backbone['depth']}: {err}") from None
-    return net
+    return EdgeNet(backbone, pretrained=initial_weights(settings, cam_model, "train_irn"))
 
 
 def load_irn(path, device="cpu"):

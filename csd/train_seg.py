@@ -11,13 +11,14 @@ stored with the settings in the model file.
 import torch
 import torch.nn as nn
 
+from csd.backbone import initial_weights
 from csd.deeplab import build_deeplab, param_groups, predict_logits
 from csd.training import fit, require, seed_everything
 from csd.transforms import mask_training_set
 from csd.voc import IGNORE
 
-TRAIN_KEYS = ("seed", "arch", "backbone", "batch_size", "iterations", "lr", "weight_decay",
-              "momentum", "poly_power", "scales", "crop", "flip", "num_workers")
+TRAIN_KEYS = ("seed", "arch", "backbone", "init_from_cam", "batch_size", "iterations", "lr",
+              "weight_decay", "momentum", "poly_power", "scales", "crop", "flip", "num_workers")
 
 
 def epochs_for(iterations, n_images, batch_size):
@@ -25,9 +26,11 @@ def epochs_for(iterations, n_images, batch_size):
     return max(1, round(iterations / max(1, steps)))
 
 
-def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, device="cpu"):
+def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam_model=None,
+                  device="cpu"):
     """Train on `ids` with masks `mask_dir/<id>.png` (255 = ignored).
 
+    With settings["init_from_cam"] the backbone starts from the classifier file `cam_model`.
     Writes {"model", "settings"} (settings with the derived `epochs`) to model_out and the
     history JSON (one {"epoch", "lr", "loss"} record per epoch) to history_out.
     """
@@ -41,7 +44,7 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, dev
                                 settings["flip"], "pseudo mask PNG")
     settings = dict(settings, epochs=epochs_for(settings["iterations"], len(ids),
                                                 settings["batch_size"]))
-    model = build_deeplab(settings).to(device)
+    model = build_deeplab(settings, initial_weights(settings, cam_model, "train_seg")).to(device)
     groups, base_lrs = param_groups(model, settings["lr"])
     optimizer = torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["momentum"],
                                 weight_decay=settings["weight_decay"])

@@ -126,7 +126,7 @@ def test_init_from_cam_copies_the_classifier_backbone(tmp_path):
         assert torch.equal(net.backbone.state_dict()[key], value)
     with pytest.raises(ValueError, match="cam_model"):
         build_irn(irn_settings(init_from_cam=True), None)
-    with pytest.raises(ValueError, match="do not fit"):
+    with pytest.raises(ValueError, match="depth 18 does not fit train_irn backbone depth 34"):
         build_irn(irn_settings(init_from_cam=True, backbone=dict(BACKBONE, depth=34)),
                   tmp_path / "cam.pth")
 

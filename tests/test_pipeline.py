@@ -28,8 +28,8 @@ TINY = {
         "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
         "num_workers": 0},
     "make_sem_seg": {"shards": 2},
-    "train_seg": {"backbone": {"depth": 18, "pretrained": None, "freeze_bn": False},
-                  "batch_size": 4,
+    "train_seg": {"backbone": {"depth": 18, "pretrained": None, "freeze_bn": True},
+                  "init_from_cam": True, "batch_size": 4,
                   "iterations": 6, "crop": 48, "num_workers": 0},
     "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
     # one epoch of a tiny classifier gives rough masks: accept any instance size

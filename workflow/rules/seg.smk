@@ -9,6 +9,7 @@ rule train_seg:
     input:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train_aug.txt",
+        cam_model=f"{RUN}/cam_model.pt",
         code=pkg("train_seg"),
     params:
         voc_root=voc_root(),

@@ -9,4 +9,4 @@ from csd.voc import read_ids
 with job(snakemake):
     train_deeplab(snakemake.params.voc_root, read_ids(snakemake.input.ids), snakemake.input.masks,
                   snakemake.output.model, snakemake.output.history, snakemake.params.settings,
-                  device=claim_device(snakemake.params.lock_dir))
+                  cam_model=snakemake.input.cam_model, device=claim_device(snakemake.params.lock_dir))
