@@ -29,13 +29,16 @@ def test_dry_run_of_shipped_configs(tmp_path, configs, expected_rules):
 
 
 def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
-    proc = snakemake(tmp_path, "-n", configs=[REPO / "config/demo.yaml",
-                                              REPO / "config/benchmark.yaml"])
+    proc = snakemake(tmp_path, "-n", configs=[REPO / "config/benchmark.yaml"])
     text = proc.stdout + proc.stderr
     assert re.search(r"^train_cam\s+9\s*$", text, re.M), text
+    # its own directories: the demo (results/, data/, logs/) never overwrites it
+    assert "results/benchmark/table.csv" in text
+    assert "data/benchmark/splits/toyvoc/train_aug.txt" in text
+    assert "logs/benchmark/irn/seed0/train_cam.log" in text
     for method in ("irn", "irn_csd", "irn_cda"):
         for seed in (0, 1, 2):
-            assert f"results/{method}/seed{seed}/mask_metrics.json" in text
+            assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
 
 
 def test_stage_code_inputs_follow_imports(tmp_path):

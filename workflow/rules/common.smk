@@ -10,7 +10,7 @@ DATASET = config["dataset"]["name"]
 SPLITS = f"{DATA}/splits/{DATASET}"
 # One run of the pipeline = one method trained with one seed.
 RUN = f"{RESULTS}/{{method}}/seed{{seed}}"
-LOGS = "logs"
+LOGS = config["logs_dir"]
 ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
 
 
