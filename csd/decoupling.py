@@ -232,8 +232,15 @@ def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
 
 
 class Teacher:
-    """The network that gives the source image's CAM: the student itself in eval mode without
-    gradient (CSD's choice), or an exponential moving average of it (ablation)."""
+    """The network that gives the source image's CAM, without gradient: the student itself
+    (CSD's choice) or an exponential moving average of it (ablation).
+
+    The student's teacher pass runs in the student's own batch (its features of S,
+    detached): with frozen BatchNorm (the published setting) that equals an eval-mode pass,
+    and with trainable BatchNorm (training from scratch) the teacher then normalises with
+    the same batch statistics as the student, so identical inputs give identical maps.
+    The EMA copy runs separately in eval mode (its averaged running statistics).
+    """
 
     def __init__(self, model, kind, ema_decay):
         if kind not in ("same", "ema"):
@@ -245,20 +252,24 @@ class Teacher:
                                      use_buffers=True)
             self.ema.requires_grad_(False)
 
+    @property
+    def in_batch(self):
+        """Whether the teacher needs S in the student's forward pass."""
+        return self.ema is None
+
     def update(self):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
     @torch.no_grad()
-    def maps(self, images):
-        """Raw (pre-ReLU) class maps of `images`, in eval mode."""
-        net = self.ema.module if self.ema is not None else self.model
-        was_training = net.training
+    def maps(self, images, features=None):
+        """Raw (pre-ReLU) class maps of `images`: from the student's `features` of them
+        (in-batch teacher), or from the EMA copy in eval mode."""
+        if self.in_batch:
+            return self.model.cam_from_features(features, relu=False)
+        net = self.ema.module
         net.eval()
-        try:
-            return net.cam_from_features(net.features(images), relu=False)
-        finally:
-            net.train(was_training)
+        return net.cam_from_features(net.features(images), relu=False)
 
     def extras(self):
         return {"ema_teacher": self.ema} if self.ema is not None else {}
@@ -274,20 +285,22 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     x_bg = paste(source, target, (1 - fg_mask) * batch["target_bg"])
     y_fg = torch.maximum(batch["target_label"],
                          F.one_hot(batch["source_class"], NUM_CLASSES).float())
-
-    features = model.features(torch.cat([x, x_fg, x_bg]))
-    logits = model.logits_from_features(features)
+    decouple = epoch >= settings["warmup_epochs"]
     n = len(x)
+
+    inputs = [x, x_fg, x_bg] + ([source] if decouple and teacher.in_batch else [])
+    features = model.features(torch.cat(inputs))
+    logits = model.logits_from_features(features[:3 * n])
     teacher.update()
     if settings["pasted_cls"]:
         loss_cls = criterion(logits, torch.cat([y, y_fg, batch["target_label"]]))
     else:
         loss_cls = criterion(logits[:n], y)
-    if epoch < settings["warmup_epochs"]:
+    if not decouple:
         return loss_cls, {"cls": loss_cls}
 
-    teacher_maps = teacher.maps(source)
-    maps = model.cam_from_features(features[n:], relu=False,
+    teacher_maps = teacher.maps(source, features[3 * n:])
+    maps = model.cam_from_features(features[n:3 * n], relu=False,
                                    classifier_grad=settings["classifier_grad"])
     loss_fg, loss_bg = csd_losses(teacher_maps, maps[:n], maps[n:], batch, settings)
     loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg

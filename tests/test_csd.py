@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from csd.cam_net import CAMNet
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
@@ -227,7 +228,8 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     assert model.classifier.weight.grad.abs().sum() > 0
     assert model.backbone.stage4[-1].conv1.weight.grad.abs().sum() > 0
     assert model.training  # the teacher pass left the student in train mode
-    assert not teacher.maps(batch["source_image"]).requires_grad
+    source = batch["source_image"]
+    assert not teacher.maps(source, model.features(source)).requires_grad
     if kind == "ema":
         assert all(p.grad is None and not p.requires_grad for p in teacher.ema.parameters())
     # classifier_grad false: the decoupling losses reach the features, not the classifier
@@ -241,6 +243,29 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     _, parts = csd_step(model, teacher, batch, 0, dict(settings, warmup_epochs=1),
                         nn.MultiLabelSoftMarginLoss(), "cpu")
     assert set(parts) == {"cls"}
+
+
+def test_in_batch_teacher_equals_student_on_the_same_image(voc):
+    """Pasting S onto itself: the student's maps of X_fg and X_bg are the teacher's maps of S,
+    also with trainable BatchNorm (batch statistics), so both losses are exactly 0."""
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    data = PastePairs(root, ids, labels, root / "SegmentationClass",
+                      train_transform("long", [64, 80], 64))
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    batch["target_image"] = batch["source_image"]
+    batch["target_label"] = F.one_hot(batch["source_class"], 20).float()
+    batch["target_bg"] = 1 - batch["source_fg"]
+    model = CAMNet(dict(BACKBONE, freeze_bn=False))
+    settings = dict(CSD, confidence=0.0)
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0, settings,
+                        nn.MultiLabelSoftMarginLoss(), "cpu")
+    assert parts["fg"].item() == pytest.approx(0.0, abs=1e-6)
+    assert parts["bg"].item() == pytest.approx(0.0, abs=1e-6)
+    # an eval-mode copy of the same weights (running statistics) is not the student
+    _, parts = csd_step(model, Teacher(model, "ema", 0.9), batch, 0, settings,
+                        nn.MultiLabelSoftMarginLoss(), "cpu")
+    assert parts["fg"].item() + parts["bg"].item() > 1e-4
 
 
 def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, monkeypatch):
