@@ -21,6 +21,12 @@ def _device_count():
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _device(index):
+    if os.environ.get("CSD_FAKE_GPUS") is not None:
+        return torch.device("cpu")  # simulated devices: the claim is real, compute is not
+    return torch.device("cuda", index)
+
+
 def claim_device(lock_dir=".gpu_locks", log=print):
     """Return the torch.device this job should use; hold its lock until the process ends."""
     count = _device_count()
@@ -29,22 +35,22 @@ def claim_device(lock_dir=".gpu_locks", log=print):
         return torch.device("cpu")
     if os.environ.get("SLURM_JOB_ID") and os.environ.get("CUDA_VISIBLE_DEVICES"):
         log(f"device: SLURM set CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']}")
-        return torch.device("cuda", 0)
+        return _device(0)  # the first (usually only) device SLURM made visible
     Path(lock_dir).mkdir(parents=True, exist_ok=True)
     for index in range(count):
-        handle = open(Path(lock_dir) / f"gpu{index}.lock", "w")
+        # "a": opening must not truncate the holder's pid before the lock is known to be free
+        handle = open(Path(lock_dir) / f"gpu{index}.lock", "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
             continue
+        handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         _held.append(handle)
         log(f"device: claimed cuda:{index} (lock {handle.name})")
-        if os.environ.get("CSD_FAKE_GPUS") is not None:
-            return torch.device("cpu")  # simulated devices: the claim is real, compute is not
-        return torch.device("cuda", index)
+        return _device(index)
     raise RuntimeError(
         f"all {count} GPUs in {lock_dir} are claimed; run snakemake with "
         f"--resources gpu=<at most {count}> so it never starts more GPU jobs than devices")

@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,6 @@ from csd.voc import palette, write_labels_csv
 REPO = Path(__file__).resolve().parents[1]
 
 
-
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: OpenMP threads only add spin-waits, badly so on a shared 2-core box
@@ -24,6 +24,34 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# The tiny synthetic config of the end-to-end runs (tests/test_pipeline.py, tests/test_slurm.py,
+# benchmarks/scaleout.py): every stage, three methods, a few seconds per job on a CPU.
+TINY = {
+    "methods": ["irn", "irn_csd", "irn_cda"],
+    "dataset": {"name": "toyvoc", "toyvoc": {
+        "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
+        "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
+    "train_cam": {
+        "backbone": {"depth": 18, "pretrained": None, "frozen_stages": 0, "freeze_bn": False},
+        "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
+        "num_workers": 0},
+    "make_cam": {"scales": [1.0, 0.5], "shards": 2},
+    "cam_to_ir_label": {"workers": 1, "shards": 1},
+    "train_irn": {
+        "backbone": {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]},
+        "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
+        "num_workers": 0},
+    "make_sem_seg": {"shards": 2},
+    "train_seg": {"backbone": {"depth": 18, "pretrained": None, "freeze_bn": True},
+                  "init_from_cam": True, "batch_size": 4,
+                  "iterations": 6, "crop": 48, "num_workers": 0},
+    "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
+    # one epoch of a tiny classifier gives rough masks: accept any instance size
+    "cda": {"area_range": [0.01, 1.0]},
+}
+
 
 def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, snakefile=None):
     """Run the repository's workflow in `workdir` in a subprocess (as a user would)."""
@@ -44,6 +72,21 @@ def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, sn
 def write_config(path, overrides):
     Path(path).write_text(yaml.safe_dump(overrides, sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """TINY run locally at --cores 2 from a private copy of the repository (so tests may edit
+    its modules); shared by the pipeline tests and the SLURM test's comparison."""
+    base = tmp_path_factory.mktemp("pipeline")
+    repo = base / "repo"
+    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"))
+    work = base / "work"
+    work.mkdir()
+    config = write_config(base / "tiny.yaml", TINY)
+    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile")
+    return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
 
 
 @pytest.fixture

@@ -65,8 +65,56 @@ def test_slurm_devices_are_used_as_given(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "42")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     lines = []
+    # Simulated devices compute on the CPU; a real run gets cuda:0, SLURM's device 3.
+    assert claim_device(tmp_path / "locks", log=lines.append).type == "cpu"
+    assert lines == ["device: SLURM set CUDA_VISIBLE_DEVICES=3"]
+    assert not (tmp_path / "locks").exists()  # no lock: SLURM already gave the device
+    # Two jobs of one SLURM node each use their own device, even with both locks taken.
+    holder = start_claimer(tmp_path, 60, gpus="1")
+    try:
+        assert claimed_index(holder.stdout.readline()) == 0
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+        claim_device(tmp_path / "locks", log=lines.append)
+        assert lines[-1] == "device: SLURM set CUDA_VISIBLE_DEVICES=1"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_slurm_job_without_a_gpu_falls_back_to_the_locks(tmp_path, monkeypatch):
+    """A SLURM job that got no GPU (no CUDA_VISIBLE_DEVICES) claims one like a local job."""
+    monkeypatch.setenv("CSD_FAKE_GPUS", "2")
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    lines = []
     claim_device(tmp_path / "locks", log=lines.append)
-    assert "SLURM" in lines[0] and not (tmp_path / "locks").exists()
+    assert claimed_index(lines[0]) in (0, 1)
+    assert (tmp_path / "locks" / f"gpu{claimed_index(lines[0])}.lock").exists()
+
+
+def test_three_devices_a_dead_holder_frees_exactly_its_own(tmp_path):
+    """CSD_FAKE_GPUS=3: three live jobs hold 0, 1, 2 (each lock names its holder); killing
+    the holder of 1 lets the next job take 1 and only 1."""
+    holders = []
+    try:
+        for _ in range(3):  # one at a time, so that each takes the lowest free device
+            proc = start_claimer(tmp_path, 60, gpus="3")
+            holders.append((claimed_index(proc.stdout.readline()), proc))
+        assert [index for index, _ in holders] == [0, 1, 2]
+        for index, proc in holders:  # a failed claim by a later job did not erase the pid
+            assert (tmp_path / "locks" / f"gpu{index}.lock").read_text() == f"{proc.pid}\n"
+        holders[1][1].kill()
+        holders[1][1].wait()
+        late = start_claimer(tmp_path, 60, gpus="3")
+        holders.append((claimed_index(late.stdout.readline()), late))
+        assert holders[-1][0] == 1
+        again = start_claimer(tmp_path, 0, gpus="3")  # 0, 2 and now 1 are held
+        _, err = again.communicate(timeout=60)
+        assert again.returncode != 0 and "all 3 GPUs" in err
+    finally:
+        for _, proc in holders:
+            proc.kill()
+            proc.wait()
 
 
 SNAKEFILE = textwrap.dedent("""

@@ -3,38 +3,14 @@ subprocess, then what a changed setting or an edited stage module reruns."""
 
 import json
 import re
-import shutil
 import tarfile
 
 import pytest
 
-from tests.conftest import REPO, snakemake, write_config
+from tests.conftest import TINY, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
-TINY = {
-    "methods": ["irn", "irn_csd", "irn_cda"],
-    "dataset": {"name": "toyvoc", "toyvoc": {
-        "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
-        "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
-    "train_cam": {
-        "backbone": {"depth": 18, "pretrained": None, "frozen_stages": 0, "freeze_bn": False},
-        "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
-        "num_workers": 0},
-    "make_cam": {"scales": [1.0, 0.5], "shards": 2},
-    "cam_to_ir_label": {"workers": 1, "shards": 1},
-    "train_irn": {
-        "backbone": {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]},
-        "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
-        "num_workers": 0},
-    "make_sem_seg": {"shards": 2},
-    "train_seg": {"backbone": {"depth": 18, "pretrained": None, "freeze_bn": True},
-                  "init_from_cam": True, "batch_size": 4,
-                  "iterations": 6, "crop": 48, "num_workers": 0},
-    "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
-    # one epoch of a tiny classifier gives rough masks: accept any instance size
-    "cda": {"area_range": [0.01, 1.0]},
-}
 SEGMENTATION = {"train_seg", "infer_seg", "merge_shards", "eval_seg", "test_archive",
                 "overlays"}
 DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
@@ -52,17 +28,8 @@ def planned_jobs(proc):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A private copy of the repository (so tests may edit its modules) and a finished run."""
-    base = tmp_path_factory.mktemp("pipeline")
-    repo = base / "repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"))
-    work = base / "work"
-    work.mkdir()
-    config = write_config(base / "tiny.yaml", TINY)
-    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile")
-    return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.mark.parametrize("method", TINY["methods"])

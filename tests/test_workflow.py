@@ -56,3 +56,51 @@ def test_stage_code_inputs_follow_imports(tmp_path):
     real = [p.rsplit("/", 1)[1] for p in module_closure(REPO / "csd", ["make_sem_seg"])]
     assert {"make_sem_seg.py", "random_walk.py", "irn.py", "backbone.py"} <= set(real)
     assert "train_cam.py" not in real
+
+
+def gpu_rules():
+    """Rules that declare `resources: gpu=1` in workflow/rules/*.smk."""
+    rules = set()
+    for path in (REPO / "workflow/rules").glob("*.smk"):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            name, body = block.split(":", 1)
+            if re.search(r"^\s+gpu=1,", body, re.M):
+                rules.add(name.strip())
+    return rules
+
+
+def test_slurm_profile_gives_every_gpu_rule_a_gpu_and_matching_threads():
+    import yaml
+
+    assert gpu_rules() == {"train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
+                           "infer_seg"}
+    for path in ("profiles/slurm/config.yaml", "tests/slurm_profile/config.yaml"):
+        profile = yaml.safe_load((REPO / path).read_text())
+        resources, threads = profile["set-resources"], profile["set-threads"]
+        for rule in gpu_rules():
+            assert resources[rule]["gpu"] == 1, (path, rule)
+            assert resources[rule]["cpus_per_gpu"] == threads[rule], (path, rule)
+            assert resources[rule]["mem_mb"] > 0
+    user = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    assert user["executor"] == "slurm"
+    assert {"slurm_partition", "slurm_account", "runtime", "mem_mb"} <= set(
+        user["default-resources"])
+    # Test-cluster settings stay out of the user profile (sacct status, account check).
+    assert not {key for key in user if key in ("slurm-status-command", "slurm-no-account",
+                                               "slurm-init-seconds-before-status-checks")}
+
+
+def test_dry_run_with_the_slurm_profile(tmp_path):
+    """What `snakemake --workflow-profile profiles/slurm` would submit: GPU rules on the GPU
+    partition with one GPU and their set threads (a dry run does not show which rules are
+    local: tests/test_slurm.py checks that on a real cluster)."""
+    proc = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
+                     configs=[REPO / "config/demo.yaml"])
+    text = proc.stdout + proc.stderr
+    block = text[text.index("rule train_cam:"):]
+    block = block[:block.index("Shell command")]
+    assert "threads: 8" in block and "gpu=1" in block and "cpus_per_gpu=8" in block
+    assert "slurm_partition=gpu" in block and "slurm_account=myproject" in block
+    block = text[text.index("rule eval_cam:"):]
+    block = block[:block.index("Shell command")]  # a CPU rule: the default resources
+    assert "slurm_partition=cpu" in block and "mem_mb=8000" in block and "gpu" not in block

@@ -2,6 +2,11 @@
 # random-walk pseudo masks, with seed and mask evaluation on the train split.
 
 
+# Hard-linking shard outputs together takes no compute: never a SLURM job.
+localrules:
+    merge_shards,
+
+
 rule train_cam:
     output:
         model=f"{RUN}/cam_model.pt",

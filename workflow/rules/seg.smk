@@ -2,6 +2,11 @@
 # inference on val (mIoU with and without CRF) and on test (the evaluation-server archive).
 
 
+# Packing the test predictions into a tar: no SLURM job for that.
+localrules:
+    test_archive,
+
+
 rule train_seg:
     output:
         model=f"{RUN}/seg_model.pt",
