@@ -14,6 +14,7 @@ image-only pipeline cannot keep aligned: its pairs get the ResNet path's resize/
 import torch
 from PIL import Image
 from timm.data import create_transform
+from timm.data.auto_augment import LEVEL_TO_ARG, RandAugment
 from timm.scheduler import CosineLRScheduler
 
 from csd.backbone import MEAN, STD
@@ -40,14 +41,26 @@ class TimmImageTransform:
         return out
 
 
+def _posterize_at_least_one_bit(level, hparams):
+    return (max(1, LEVEL_TO_ARG["PosterizeIncreasing"](level, hparams)[0]),)
+
+
 def mct_transform(settings):
     """Random resized crop (scale range `scale`), flip, RandAugment (`auto_augment`, timm's
-    string, e.g. rand-m9-mstd0.5-inc1; null: none), normalise, random erasing (`re_prob`)."""
-    return TimmImageTransform(create_transform(
+    string, e.g. rand-m9-mstd0.5-inc1; null: none), normalise, random erasing (`re_prob`).
+
+    timm's increasing Posterize keeps 0 bits at the top magnitude (reached with the
+    magnitude noise), which Pillow >= 11 rejects; it keeps at least 1 bit here."""
+    transform = create_transform(
         input_size=settings["crop"], is_training=True, scale=tuple(settings["scale"]),
         hflip=0.5 if settings["flip"] else 0.0, auto_augment=settings["auto_augment"],
         interpolation="bicubic", re_prob=settings["re_prob"], re_mode="pixel", re_count=1,
-        mean=MEAN, std=STD))
+        mean=MEAN, std=STD)
+    for step in transform.transforms:
+        for op in step.ops if isinstance(step, RandAugment) else []:
+            if op.name == "PosterizeIncreasing":
+                op.level_fn = _posterize_at_least_one_bit
+    return TimmImageTransform(transform)
 
 
 def setup_mct(settings, ids, labels_csv, device, regime=None):

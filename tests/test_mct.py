@@ -241,3 +241,22 @@ def test_make_cams_writes_the_resnet_format(voc, trained, tmp_path):
             # make_cam's normalisation, max + 1e-5: a barely trained MCT map peaks at ~1e-2
             assert maps.min() >= 0
             np.testing.assert_allclose(maps.max(axis=(1, 2)), 1.0, atol=1e-2)
+
+
+def test_augmentation_is_timms_randaugment_and_survives_the_top_magnitude():
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+
+    from csd.train_mct import mct_transform
+
+    transform = mct_transform(dict(TRAIN, auto_augment="rand-m10-n3-inc1"))
+    steps = {type(step) for step in transform.transform.transforms}
+    assert RandAugment in steps and RandomErasing in steps
+    posterize = [op for step in transform.transform.transforms
+                 if isinstance(step, RandAugment) for op in step.ops
+                 if op.name == "PosterizeIncreasing"][0]
+    assert posterize.level_fn(10, {}) == (1,)  # timm gives 0 bits, which Pillow refuses
+    posterize.prob = 1.0
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    out = transform({"image": image, "label": np.ones(20)})
+    assert out["image"].shape == (3, 32, 32) and out["image"].dtype == torch.float32
