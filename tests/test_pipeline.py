@@ -66,7 +66,9 @@ def run(tmp_path_factory):
     work = base / "work"
     work.mkdir()
     config = write_config(base / "tiny.yaml", TINY)
-    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile")
+    # five methods' whole DAGs: a few minutes on an idle 2-core box, over 30 on a loaded one
+    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile",
+                     timeout=3600)
     return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
 
 
