@@ -260,3 +260,21 @@ def test_augmentation_is_timms_randaugment_and_survives_the_top_magnitude():
     image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
     out = transform({"image": image, "label": np.ones(20)})
     assert out["image"].shape == (3, 32, 32) and out["image"].dtype == torch.float32
+
+
+def test_train_mct_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):
+    from tests.test_cam import Killed, kill_after_first_epoch
+
+    root, ids, _ = voc
+    out, history = trained
+    kill_after_first_epoch(monkeypatch)
+    with pytest.raises(Killed):
+        train_mct(root, ids, root / "labels.csv", tmp_path / "m.pt", tmp_path / "h.json", TRAIN)
+    monkeypatch.undo()
+    torch.manual_seed(999)  # the checkpoint restores every RNG (RandAugment draws from all)
+    np.random.seed(999)
+    assert train_mct(root, ids, root / "labels.csv", tmp_path / "m.pt", tmp_path / "h.json",
+                     TRAIN) == history
+    a = torch.load(out / "mct.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "m.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
