@@ -55,6 +55,10 @@ class CAMNet(nn.Module):
     def forward(self, x):
         return self.logits_from_features(self.features(x))
 
+    @staticmethod
+    def classification_loss(logits, targets):
+        return F.multilabel_soft_margin_loss(logits, targets)
+
     def cam(self, x):
         return self.cam_from_features(self.features(x))
 

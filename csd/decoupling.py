@@ -16,13 +16,11 @@ copy). Inference is unchanged: the trained model is an ordinary CAMNet.
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
-from csd.cam_net import CAMNet
-from csd.train_cam import fit_classifier, setup
+from csd.train_cam import CAM_CLASSIFIER
 from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
 
@@ -308,20 +306,23 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
 
 
 def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history_out,
-                  settings, device="cpu"):
-    """train_cam with CSD (settings = train_cam's plus a `csd` section); writes the same
-    files as csd.train_cam.train_cam, the history with cls/fg/bg loss parts."""
-    ids, device, labels, transform = setup(settings, ids, labels_csv, device, "csd")
+                  settings, device="cpu", classifier=CAM_CLASSIFIER):
+    """train_cam with CSD (settings = the classifier's plus a `csd` section); writes the same
+    files as the classifier's own training, the history with cls/fg/bg loss parts.
+    `classifier` (csd.train_cam.Classifier): the ResNet CAMNet, or csd.train_mct's
+    MCTformer; the model gives features / logits_from_features / cam_from_features /
+    classification_loss."""
+    ids, device, labels, transform = classifier.setup(settings, ids, labels_csv, device, "csd")
     csd = settings["csd"]
     require(csd, CSD_KEYS, "csd")
     dataset = PastePairs(voc_root, ids, labels, round0_mask_dir, transform,
                          target=csd["target"], temperature=csd["temperature"])
-    model = CAMNet(settings["backbone"]).to(device)
+    model = classifier.build(settings).to(device)
     teacher = Teacher(model, csd["teacher"], csd["ema_decay"])
-    criterion = nn.MultiLabelSoftMarginLoss()
+    criterion = model.classification_loss
 
     def step(model, batch, epoch):
         return csd_step(model, teacher, batch, epoch, csd, criterion, device)
 
-    return fit_classifier(model, dataset, step, settings, model_out, history_out, device,
+    return classifier.fit(model, dataset, step, settings, model_out, history_out, device,
                           extras=teacher.extras())

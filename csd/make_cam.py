@@ -71,8 +71,11 @@ def normalize_max(maps):
     return maps / (maps.amax(dim=(1, 2), keepdim=True) + EPS)
 
 
-def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="cpu"):
-    """Write `<out_dir>/<id>.npz` for every id (ids already written are skipped)."""
+def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="cpu",
+              load=load_cam_net):
+    """Write `<out_dir>/<id>.npz` for every id (ids already written are skipped).
+    load(model_path, device) -> a model whose `cam(x)` gives [B, 20, h, w] maps (CAMNet, or
+    csd.train_mct.load_mct's MCTformer)."""
     require(settings, MAKE_CAM_KEYS, "make_cam")
     if not settings["scales"]:
         raise ValueError("settings 'make_cam.scales' is empty")
@@ -83,7 +86,7 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
         return 0
     labels = load_labels_for(labels_csv, todo)
     dataset = VOCDataset(voc_root, todo, labels=labels)
-    model = load_cam_net(model_path, device)
+    model = load(model_path, device)
     for index in tqdm(range(len(dataset)), file=sys.stderr, dynamic_ncols=True,
                       desc="make_cam"):
         sample = dataset[index]

@@ -8,6 +8,8 @@ uninterrupted one (exactly on CPU). Results depend on `num_workers` (with worker
 augmentation draws from per-worker RNGs instead of the main process's).
 """
 
+from typing import Callable, NamedTuple
+
 import torch
 import torch.nn as nn
 
@@ -70,6 +72,21 @@ def fit_classifier(model, dataset, step, settings, model_out, history_out, devic
     """The shared epoch loop (csd.training.fit) with the classifier's optimizer and lrs."""
     return fit("train_cam", model, make_optimizer(model, settings), dataset, step,
                base_lrs(settings), settings, model_out, history_out, device, extras=extras)
+
+
+class Classifier(NamedTuple):
+    """How a classifier kind is trained, for the trainers shared by both kinds (CSD):
+    setup(settings, ids, labels_csv, device, regime) -> (ids, device, labels, transform),
+    build(settings) -> model, fit(model, dataset, step, settings, model_out, history_out,
+    device, extras) -> history."""
+
+    setup: Callable
+    build: Callable
+    fit: Callable
+
+
+CAM_CLASSIFIER = Classifier(setup=setup, build=lambda settings: CAMNet(settings["backbone"]),
+                            fit=fit_classifier)
 
 
 def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu"):

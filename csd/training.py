@@ -103,12 +103,13 @@ class Checkpoint:
 
 
 def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, history_out,
-        device, extras=None):
+        device, extras=None, schedule=None):
     """The epoch loop of every training stage.
 
     step(model, batch, epoch) -> (loss, parts): parts is a dict of scalar tensors logged
     per epoch. `extras` ({name: module}) are checkpointed and restored with the model.
-    Per iteration the lr of each param group follows poly(base_lrs); per epoch the mean of
+    Per iteration the lr of each param group follows poly(base_lrs), or
+    `schedule(step, total_steps)` -> one lr per group when given; per epoch the mean of
     the loss and of each part goes to the history, and a checkpoint is saved. At the end
     {"model", "settings"} goes to model_out and the history to history_out (JSON).
     """
@@ -132,8 +133,10 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
                    file=sys.stderr, dynamic_ncols=True,
                    desc=f"{name} epoch {epoch + 1}/{settings['epochs']}")
         for i, batch in enumerate(bar):
-            lrs = [poly_lr(lr, epoch * steps_per_epoch + i, total_steps, settings["poly_power"])
-                   for lr in base_lrs]
+            global_step = epoch * steps_per_epoch + i
+            lrs = (schedule(global_step, total_steps) if schedule else
+                   [poly_lr(lr, global_step, total_steps, settings["poly_power"])
+                    for lr in base_lrs])
             set_lr(optimizer, lrs)
             loss, parts = step(model, batch, epoch)
             optimizer.zero_grad(set_to_none=True)

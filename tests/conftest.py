@@ -29,7 +29,7 @@ def one_thread():
 # The tiny synthetic config of the end-to-end runs (tests/test_pipeline.py, tests/test_slurm.py,
 # benchmarks/scaleout.py): every stage, three methods, a few seconds per job on a CPU.
 TINY = {
-    "methods": ["irn", "irn_csd", "irn_cda"],
+    "methods": ["irn", "irn_csd", "irn_cda", "mct", "mct_csd"],
     "dataset": {"name": "toyvoc", "toyvoc": {
         "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
         "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
@@ -37,6 +37,11 @@ TINY = {
         "backbone": {"depth": 18, "pretrained": None, "frozen_stages": 0, "freeze_bn": False},
         "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
         "num_workers": 0},
+    "train_mct": {
+        "model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 16,
+                  "drop_path": 0.1, "pretrained": None},
+        "batch_size": 8, "epochs": 1, "warmup_epochs": 0, "crop": 64,
+        "resize_long": [64, 80], "num_workers": 0},
     "make_cam": {"scales": [1.0, 0.5], "shards": 2},
     "cam_to_ir_label": {"workers": 1, "shards": 1},
     "train_irn": {
@@ -85,7 +90,9 @@ def tiny_run(tmp_path_factory):
     work = base / "work"
     work.mkdir()
     config = write_config(base / "tiny.yaml", TINY)
-    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile")
+    # five methods' whole DAGs: minutes on an idle 2-core box, over 30 on a loaded one
+    proc = snakemake(work, "--cores", "2", configs=[config], snakefile=repo / "Snakefile",
+                     timeout=3600)
     return {"repo": repo, "work": work, "config": config, "proc": proc, "base": base}
 
 

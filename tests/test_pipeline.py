@@ -1,4 +1,4 @@
-"""End to end: IRN, IRN+CSD and IRN+CDA on a tiny synthetic config, run by Snakemake in a
+"""End to end: IRN, IRN+CSD, IRN+CDA, MCTformer and MCTformer+CSD on a tiny synthetic config, run by Snakemake in a
 subprocess, then what a changed setting or an edited stage module reruns."""
 
 import json
@@ -48,9 +48,12 @@ def test_run_produces_seed_and_mask_metrics(run, method):
     assert sorted(p.stem for p in (out / "mask/all").glob("*.png")) == sorted(train_aug)
     history = json.loads((out / "cam_history.json").read_text())
     assert len(history) == 1 and history[0]["loss"] > 0
-    assert (run["work"] / f"logs/{method}/seed0/train_cam.log").read_text().count("train_cam")
-    if method == "irn_csd":  # the decoupling losses ran and were logged
+    stage = "train_mct" if method.startswith("mct") else "train_cam"  # the loop's progress name
+    assert (run["work"] / f"logs/{method}/seed0/train_cam.log").read_text().count(stage)
+    if method.endswith("_csd"):  # the decoupling losses ran and were logged
         assert {"cls", "fg", "bg"} <= set(history[0])
+    if method == "mct":  # both MCTformer heads were trained
+        assert {"cls", "patch"} <= set(history[0])
 
 
 @pytest.mark.parametrize("method", TINY["methods"])
@@ -117,8 +120,14 @@ def test_csd_setting_reruns_only_the_csd_method(run):
     proc = snakemake(run["work"], "-n", configs=[config], snakefile=run["repo"] / "Snakefile")
     jobs = planned_jobs(proc)
     assert ("train_cam", "irn_csd") in jobs and ("eval_sem_seg", "irn_csd") in jobs
-    assert ("table", None) in jobs
-    assert {method for _, method in jobs} == {"irn_csd", None}
+    assert ("table", None) in jobs and ("train_cam", "mct_csd") in jobs
+    assert {method for _, method in jobs} == {"irn_csd", "mct_csd", None}
+    # an MCTformer-only CSD setting reruns mct_csd only
+    config = write_config(run["base"] / "csd_mct_changed.yaml", dict(TINY, csd_mct={"scale": 5}))
+    jobs = planned_jobs(snakemake(run["work"], "-n", configs=[config],
+                                  snakefile=run["repo"] / "Snakefile"))
+    assert ("train_cam", "mct_csd") in jobs
+    assert {method for _, method in jobs} == {"mct_csd", None}
 
 
 def jobs_after_editing(run, module):
@@ -144,4 +153,14 @@ def test_editing_a_stage_module_reruns_that_stage(run):
 
 def test_editing_csd_code_reruns_only_the_csd_classifier_and_what_follows(run):
     jobs = jobs_after_editing(run, "csd/decoupling.py")
-    assert ("train_cam", "irn_csd") in jobs and {m for _, m in jobs} == {"irn_csd", None}
+    assert ("train_cam", "irn_csd") in jobs and ("train_cam", "mct_csd") in jobs
+    assert {m for _, m in jobs} == {"irn_csd", "mct_csd", None}
+
+
+def test_editing_the_transformer_reruns_only_the_mctformer_runs(run):
+    jobs = jobs_after_editing(run, "csd/mct.py")
+    assert {("train_cam", "mct"), ("make_cam", "mct"), ("train_cam", "mct_csd")} <= jobs
+    assert {m for _, m in jobs} == {"mct", "mct_csd", None}
+    # IRN's backbone for MCTformer runs is not the classifier's: no cam_model.pt input
+    jobs = jobs_after_editing(run, "csd/train_irn.py")
+    assert {("train_irn", m) for m in TINY["methods"]} <= jobs

@@ -24,8 +24,8 @@ def test_dry_run_of_shipped_configs(tmp_path, configs, expected_rules):
         assert rule in table, table
     if configs:  # the demo never downloads
         assert "fetch_voc" not in table
-    # one classifier per method (irn, irn_csd, irn_cda) and seed
-    assert re.search(r"^train_cam\s+3\s*$", table, re.M), table
+    # one classifier per method (irn, irn_csd, irn_cda, mct, mct_csd) and seed
+    assert re.search(r"^train_cam\s+5\s*$", table, re.M), table
 
 
 def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):

@@ -16,12 +16,31 @@ ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
 
 # How each method trains its classifier: `base` is the method whose round-0 pseudo masks
 # (same seed) it trains on, `regime` the config section with its extra settings, `module`
-# the csd module that trains it (its code is the rule's code input).
+# the csd module that trains it (its code is the rule's code input), `classifier` the
+# network (CLASSIFIERS). Everything after the CAMs is the same for every method.
 METHODS = {
-    "irn": {"base": None, "regime": None, "module": "train_cam"},
-    "irn_csd": {"base": "irn", "regime": "csd", "module": "decoupling"},
-    "irn_cda": {"base": "irn", "regime": "cda", "module": "copy_paste"},
+    "irn": {"base": None, "regime": None, "module": "train_cam", "classifier": "cam"},
+    "irn_csd": {"base": "irn", "regime": "csd", "module": "decoupling", "classifier": "cam"},
+    "irn_cda": {"base": "irn", "regime": "cda", "module": "copy_paste", "classifier": "cam"},
+    "mct": {"base": None, "regime": None, "module": "train_mct", "classifier": "mct"},
+    "mct_csd": {"base": "mct", "regime": "csd", "module": "decoupling", "classifier": "mct"},
 }
+# Classifier kinds: the config section with their training settings and their csd module.
+# A section `<section>_<kind>` (e.g. csd_mct, make_cam_mct) overrides keys of `<section>`
+# for the methods of that kind.
+CLASSIFIERS = {
+    "cam": {"settings": "train_cam", "module": "train_cam"},
+    "mct": {"settings": "train_mct", "module": "train_mct"},
+}
+
+
+def classifier_of(w):
+    return METHODS[w.method]["classifier"]
+
+
+def for_classifier(section, kind):
+    """A config section with the keys of `<section>_<kind>` (if there is one) laid over it."""
+    return {**config[section], **config.get(f"{section}_{kind}", {})}
 
 
 wildcard_constraints:
@@ -93,13 +112,35 @@ def seeded(stage):
 
 
 def classifier_settings(w):
-    """train_cam's settings for a method: the run's seed, plus the method's own section
-    (so that a CSD setting reruns only the CSD runs)."""
-    settings = dict(config["train_cam"], seed=int(w.seed))
+    """The classifier's training settings for a method (train_cam or train_mct): the run's
+    seed, plus the method's own section (so that a CSD setting reruns only the CSD runs)."""
+    kind = classifier_of(w)
+    settings = dict(config[CLASSIFIERS[kind]["settings"]], seed=int(w.seed))
     regime = METHODS[w.method]["regime"]
     if regime:
-        settings[regime] = config[regime]
+        settings[regime] = for_classifier(regime, kind)
     return settings
+
+
+def classifier_code(w):
+    """The modules that train a method's classifier (its own, and its classifier kind's)."""
+    return pkg(METHODS[w.method]["module"], CLASSIFIERS[classifier_of(w)]["module"])
+
+
+def irn_settings(w):
+    """train_irn's settings with the run's seed. IRN's frozen backbone is a ResNet: a ViT
+    classifier cannot give it, so MCTformer runs take it from train_irn.backbone
+    (`init_from_cam` applies to ResNet classifiers only)."""
+    settings = dict(config["train_irn"], seed=int(w.seed))
+    if classifier_of(w) != "cam":
+        settings["init_from_cam"] = False
+    return settings
+
+
+def irn_cam_model(w):
+    """The classifier file IRN's backbone comes from (none where it does not)."""
+    return [f"{RESULTS}/{w.method}/seed{w.seed}/cam_model.pt"] if irn_settings(w)[
+        "init_from_cam"] else []
 
 
 def round0_masks(w):

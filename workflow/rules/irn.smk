@@ -15,10 +15,11 @@ rule train_cam:
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
         round0=round0_masks,
-        code=lambda w: pkg(METHODS[w.method]["module"]),
+        code=classifier_code,
     params:
         voc_root=voc_root(),
         regime=lambda w: METHODS[w.method]["regime"],
+        classifier=classifier_of,
         settings=classifier_settings,
         lock_dir=config["gpu_lock_dir"],
     threads: workflow.cores
@@ -41,10 +42,11 @@ rule make_cam:
         model=f"{RUN}/cam_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
-        code=pkg("make_cam"),
+        code=lambda w: pkg("make_cam", CLASSIFIERS[classifier_of(w)]["module"]),
     params:
         voc_root=voc_root(),
-        settings=config["make_cam"],
+        settings=lambda w: for_classifier("make_cam", classifier_of(w)),
+        classifier=classifier_of,
         shard=shard_of("make_cam"),
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_cam")
@@ -122,12 +124,12 @@ rule train_irn:
         history=f"{RUN}/irn_history.json",
     input:
         ir_labels=f"{RUN}/ir_label/all",
-        cam_model=f"{RUN}/cam_model.pt",
+        cam_model=irn_cam_model,
         ids=f"{SPLITS}/train_aug.txt",
         code=pkg("train_irn"),
     params:
         voc_root=voc_root(),
-        settings=seeded("train_irn"),
+        settings=irn_settings,
         lock_dir=config["gpu_lock_dir"],
     threads: workflow.cores
     resources:
