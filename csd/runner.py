@@ -72,3 +72,9 @@ def module_closure(package_dir, modules):
                 todo += [a.name.split(".")[1] for a in node.names
                          if a.name.startswith(name + ".")]
     return sorted(str(package_dir / f"{m}.py") for m in seen)
+
+
+def optional_input(files):
+    """The single file of a rule input that may be empty (e.g. the classifier a backbone
+    starts from, which MCTformer runs do not give), or None."""
+    return files[0] if len(files) else None

@@ -106,11 +106,6 @@ def histories():
     ]
 
 
-def seeded(stage):
-    """A training stage's settings with the run's seed, as a params function."""
-    return lambda w: dict(config[stage], seed=int(w.seed))
-
-
 def classifier_settings(w):
     """The classifier's training settings for a method (train_cam or train_mct): the run's
     seed, plus the method's own section (so that a CSD setting reruns only the CSD runs)."""
@@ -127,20 +122,23 @@ def classifier_code(w):
     return pkg(METHODS[w.method]["module"], CLASSIFIERS[classifier_of(w)]["module"])
 
 
-def irn_settings(w):
-    """train_irn's settings with the run's seed. IRN's frozen backbone is a ResNet: a ViT
-    classifier cannot give it, so MCTformer runs take it from train_irn.backbone
-    (`init_from_cam` applies to ResNet classifiers only)."""
-    settings = dict(config["train_irn"], seed=int(w.seed))
-    if classifier_of(w) != "cam":
-        settings["init_from_cam"] = False
+def resnet_stage_settings(stage):
+    """A params function: the settings of a ResNet stage after the CAMs (train_irn,
+    train_seg) with the run's seed. Their backbone is a ResNet: a ViT classifier cannot give
+    it, so MCTformer runs take it from the stage's own `backbone` (`init_from_cam` applies
+    to ResNet classifiers only)."""
+    def settings(w):
+        out = dict(config[stage], seed=int(w.seed))
+        if classifier_of(w) != "cam":
+            out["init_from_cam"] = False
+        return out
     return settings
 
 
-def irn_cam_model(w):
-    """The classifier file IRN's backbone comes from (none where it does not)."""
-    return [f"{RESULTS}/{w.method}/seed{w.seed}/cam_model.pt"] if irn_settings(w)[
-        "init_from_cam"] else []
+def warm_start_model(stage):
+    """An input function: the classifier file the stage's backbone starts from, if any."""
+    return lambda w: ([f"{RESULTS}/{w.method}/seed{w.seed}/cam_model.pt"]
+                      if resnet_stage_settings(stage)(w)["init_from_cam"] else [])
 
 
 def round0_masks(w):

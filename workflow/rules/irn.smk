@@ -124,12 +124,12 @@ rule train_irn:
         history=f"{RUN}/irn_history.json",
     input:
         ir_labels=f"{RUN}/ir_label/all",
-        cam_model=irn_cam_model,
+        cam_model=warm_start_model("train_irn"),
         ids=f"{SPLITS}/train_aug.txt",
         code=pkg("train_irn"),
     params:
         voc_root=voc_root(),
-        settings=irn_settings,
+        settings=resnet_stage_settings("train_irn"),
         lock_dir=config["gpu_lock_dir"],
     threads: workflow.cores
     resources:

@@ -14,11 +14,11 @@ rule train_seg:
     input:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train_aug.txt",
-        cam_model=f"{RUN}/cam_model.pt",
+        cam_model=warm_start_model("train_seg"),
         code=pkg("train_seg"),
     params:
         voc_root=voc_root(),
-        settings=seeded("train_seg"),
+        settings=resnet_stage_settings("train_seg"),
         lock_dir=config["gpu_lock_dir"],
     threads: workflow.cores
     resources:
