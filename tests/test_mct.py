@@ -163,8 +163,12 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
     model = tiny_model(cam_layers=2)
     teacher = Teacher(model, "same", 0.9)
-    # student == teacher: both losses vanish
-    maps = teacher.maps(batch["source_image"])
+    # student == teacher: both losses vanish (the in-batch teacher reads the student's
+    # features of S; here from an eval-mode pass, to compare with the EMA copy below)
+    source = batch["source_image"]
+    model.eval()
+    maps = teacher.maps(source, model.features(source))
+    model.train()
     assert maps.shape == (4, 20, 2, 2)
     same = dict(batch, target_label=F.one_hot(batch["source_class"], 20).float())
     fg, bg = csd_losses(maps, maps.clone(), maps.clone(), same, CSD)
@@ -176,7 +180,7 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     parts["fg"].add(parts["bg"]).backward()
     assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
     assert model.head.weight.grad.abs().sum() > 0
-    assert model.training and not teacher.maps(batch["source_image"]).requires_grad
+    assert model.training and not teacher.maps(source, model.features(source)).requires_grad
     # an EMA teacher is a deep copy with its own attention capture
     ema = Teacher(model, "ema", 0.9)
     torch.testing.assert_close(ema.maps(batch["source_image"]), maps, atol=1e-5, rtol=1e-4)
