@@ -44,7 +44,12 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam
                                 settings["flip"], "pseudo mask PNG")
     settings = dict(settings, epochs=epochs_for(settings["iterations"], len(ids),
                                                 settings["batch_size"]))
-    model = build_deeplab(settings, initial_weights(settings, cam_model, "train_seg")).to(device)
+    weights = initial_weights(settings, cam_model, "train_seg")
+    if settings["backbone"]["freeze_bn"] and weights in (None, "none"):
+        raise ValueError("settings 'train_seg.backbone.freeze_bn' is true but the backbone "
+                         "starts from no weights (pretrained null, init_from_cam false): "
+                         "BatchNorm would keep random statistics; set freeze_bn false")
+    model = build_deeplab(settings, weights).to(device)
     groups, base_lrs = param_groups(model, settings["lr"])
     optimizer = torch.optim.SGD(groups, lr=settings["lr"], momentum=settings["momentum"],
                                 weight_decay=settings["weight_decay"])

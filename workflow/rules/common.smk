@@ -131,6 +131,10 @@ def resnet_stage_settings(stage):
         out = dict(config[stage], seed=int(w.seed))
         if classifier_of(w) != "cam":
             out["init_from_cam"] = False
+            backbone = out["backbone"]
+            if backbone.get("freeze_bn") and backbone["pretrained"] is None:
+                # nothing to start from: frozen BatchNorm would keep random statistics
+                out["backbone"] = dict(backbone, freeze_bn=False)
         return out
     return settings
 
