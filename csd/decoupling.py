@@ -25,7 +25,7 @@ from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
 
 CSD_KEYS = ("target", "temperature", "teacher", "ema_decay", "confidence", "bg_logit",
-            "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg", "warmup_epochs",
+            "bg_units", "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg", "warmup_epochs",
             "pasted_cls", "classifier_grad")
 EPS = 1e-5
 MIN_RANGE = 0.1  # smallest CAM range that min-max normalisation divides by
@@ -162,12 +162,18 @@ def label_probs(scores, labels, bg_logit, scale):
     return torch.softmax(logits, dim=1)
 
 
-def background_probs(maps, labels, bg_logit, scale):
-    """Per-cell background probability [B, h, w] from the ReLU'd class maps in logit units:
-    a cell is background when no labelled class scores above `bg_logit`. No per-map
-    normalisation: dividing by the map's own max let the loss shrink (or sharpen) whole
-    maps instead of the scores at the pasted cells."""
-    return label_probs(F.relu(maps), labels, bg_logit, scale)[:, 0]
+def background_probs(maps, labels, bg_logit, scale, units="logit"):
+    """Per-cell background probability [B, h, w] from the ReLU'd class maps: a cell is
+    background when no labelled class scores above `bg_logit`. units "logit": the raw
+    scores; "peak": each map divided by its own spatial peak, held constant (the seeds'
+    threshold scale; a gradient through the peak let the loss shrink or sharpen whole maps
+    instead of the scores at the pasted cells)."""
+    scores = F.relu(maps)
+    if units == "peak":
+        scores = scores / scores.detach().amax(dim=(2, 3), keepdim=True).clamp_min(MIN_RANGE)
+    elif units != "logit":
+        raise ValueError(f"settings 'csd.bg_units' must be logit or peak, got {units!r}")
+    return label_probs(scores, labels, bg_logit, scale)[:, 0]
 
 
 def bernoulli_kl(p, q):
@@ -204,7 +210,7 @@ def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     L_fg: on cells inside the pasted object where S's seed for c_s is above `confidence`,
     X_fg must give c_s the share of the cell (channel min-max, softmax) it has in S.
     L_bg: on cells inside the pasted background where S is background (c_s's map below
-    `bg_logit`) with probability above `confidence`, X_bg must be background for T's
+    `bg_logit`, in `bg_units`) with probability above `confidence`, X_bg must be background for T's
     classes as S is for c_s.
     """
     source_class = batch["source_class"]
@@ -214,8 +220,9 @@ def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     teacher_seed = seed_scores(teacher_maps)[rows, source_class]
     teacher_c = channel_probs(teacher_maps, scale)[rows, source_class]
     student_c = channel_probs(maps_fg, scale)[rows, source_class]
-    teacher_bg = background_probs(teacher_maps, source_labels, settings["bg_logit"], scale)
-    student_bg = background_probs(maps_bg, batch["target_label"], settings["bg_logit"], scale)
+    bg_logit, units = settings["bg_logit"], settings["bg_units"]
+    teacher_bg = background_probs(teacher_maps, source_labels, bg_logit, scale, units)
+    student_bg = background_probs(maps_bg, batch["target_label"], bg_logit, scale, units)
 
     size = teacher_maps.shape[2:]
     fg_mask = batch["source_fg"]

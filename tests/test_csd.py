@@ -25,7 +25,7 @@ TRAIN = {"seed": 1, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.
          "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
          "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
 CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.5, "bg_logit": 0.15, "scale": 10.0, "purity": False, "purity_bg": 0.4,
+       "confidence": 0.5, "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0, "purity": False, "purity_bg": 0.4,
        "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True,
        "classifier_grad": True}
 CDA = {"area_range": [0.01, 0.7], "rotation": 90, "size_range": [0.2, 0.7],
@@ -147,6 +147,24 @@ def test_background_probs_read_labelled_classes_in_logit_units():
     maps.requires_grad_(True)
     background_probs(maps, labels, 0.15, 10)[0, 0, 0].backward()
     assert maps.grad[0, 3, 0, 0] < 0 and maps.grad[0].abs().sum() == -maps.grad[0, 3, 0, 0]
+
+
+def test_background_probs_in_peak_units_read_each_map_over_its_fixed_peak():
+    maps = torch.zeros(1, 20, 4, 4)
+    maps[0, 3, 0, 0] = 20.0    # the peak
+    maps[0, 3, 1, 1] = 2.0     # 0.1 of the peak: background against 0.15 of it
+    labels = torch.tensor(np.array([onehot(3)]), dtype=torch.float32)
+    logit = background_probs(maps, labels, 0.15, 10)
+    peak = background_probs(maps, labels, 0.15, 10, units="peak")
+    assert logit[0, 1, 1] < 0.01 and peak[0, 1, 1] == pytest.approx(
+        1 / (1 + np.exp(-0.5)), rel=1e-5)
+    # invariant to the maps' scale; the peak gets no gradient from another cell's loss
+    torch.testing.assert_close(background_probs(maps * 3, labels, 0.15, 10, "peak"), peak)
+    maps.requires_grad_(True)
+    background_probs(maps, labels, 0.15, 10, units="peak")[0, 1, 1].backward()
+    assert maps.grad[0, 3, 1, 1] < 0 and maps.grad[0, 3, 0, 0] == 0
+    with pytest.raises(ValueError, match="csd.bg_units"):
+        background_probs(maps, labels, 0.15, 10, units="max")
 
 
 def test_seed_scores_are_max_normalised_cams():
