@@ -25,8 +25,8 @@ from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
 
 CSD_KEYS = ("target", "temperature", "teacher", "ema_decay", "confidence", "bg_logit",
-            "bg_units", "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg", "warmup_epochs",
-            "pasted_cls", "classifier_grad")
+            "bg_units", "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg",
+            "warmup_epochs", "pasted_cls", "classifier_grad")
 EPS = 1e-5
 MIN_RANGE = 0.1  # smallest CAM range that min-max normalisation divides by
 
@@ -145,12 +145,14 @@ def channel_probs(maps, scale):
     return torch.softmax(norm * scale, dim=1)
 
 
-def seed_scores(maps):
+def seed_scores(maps, hold_peak=False):
     """Seed-style scores of raw class maps: ReLU, divided by each map's spatial max (as
-    make_cam's seeds). Used where a relative score is wanted without a gradient (the
-    teacher's confidence, purity): as a training target its 1/max would feed back."""
+    make_cam's seeds). Without a gradient (the teacher's confidence, purity) as is; as a
+    training target with `hold_peak`, the max held constant, since a gradient through 1/max
+    lets a loss shrink or sharpen whole maps instead of the scores at the pasted cells."""
     cam = F.relu(maps)
-    return cam / cam.amax(dim=(2, 3), keepdim=True).clamp_min(MIN_RANGE)
+    peak = cam.amax(dim=(2, 3), keepdim=True)
+    return cam / (peak.detach() if hold_peak else peak).clamp_min(MIN_RANGE)
 
 
 def label_probs(scores, labels, bg_logit, scale):
@@ -165,13 +167,12 @@ def label_probs(scores, labels, bg_logit, scale):
 def background_probs(maps, labels, bg_logit, scale, units="logit"):
     """Per-cell background probability [B, h, w] from the ReLU'd class maps: a cell is
     background when no labelled class scores above `bg_logit`. units "logit": the raw
-    scores; "peak": each map divided by its own spatial peak, held constant (the seeds'
-    threshold scale; a gradient through the peak let the loss shrink or sharpen whole maps
-    instead of the scores at the pasted cells)."""
-    scores = F.relu(maps)
+    scores; "peak": the seeds' scores with each map's peak held constant."""
     if units == "peak":
-        scores = scores / scores.detach().amax(dim=(2, 3), keepdim=True).clamp_min(MIN_RANGE)
-    elif units != "logit":
+        scores = seed_scores(maps, hold_peak=True)
+    elif units == "logit":
+        scores = F.relu(maps)
+    else:
         raise ValueError(f"settings 'csd.bg_units' must be logit or peak, got {units!r}")
     return label_probs(scores, labels, bg_logit, scale)[:, 0]
 
@@ -210,8 +211,8 @@ def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     L_fg: on cells inside the pasted object where S's seed for c_s is above `confidence`,
     X_fg must give c_s the share of the cell (channel min-max, softmax) it has in S.
     L_bg: on cells inside the pasted background where S is background (c_s's map below
-    `bg_logit`, in `bg_units`) with probability above `confidence`, X_bg must be background for T's
-    classes as S is for c_s.
+    `bg_logit`, in `bg_units`) with probability above `confidence`, X_bg must be background
+    for T's classes as S is for c_s.
     """
     source_class = batch["source_class"]
     source_labels = F.one_hot(source_class, NUM_CLASSES).float()

@@ -25,9 +25,9 @@ TRAIN = {"seed": 1, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.
          "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
          "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
 CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.5, "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0, "purity": False, "purity_bg": 0.4,
-       "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True,
-       "classifier_grad": True}
+       "confidence": 0.5, "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0,
+       "purity": False, "purity_bg": 0.4, "lambda_fg": 1.0, "lambda_bg": 1.0,
+       "warmup_epochs": 0, "pasted_cls": True, "classifier_grad": True}
 CDA = {"area_range": [0.01, 0.7], "rotation": 90, "size_range": [0.2, 0.7],
        "paste_fraction": 0.5}
 

@@ -30,9 +30,9 @@ TRAIN = {"seed": 4, "model": TINY, "batch_size": 4, "epochs": 2, "lr": 5e-4, "lr
          "re_prob": 0.25, "resize_long": [40, 56], "flip": True, "amp": True, "cam_layers": 2,
          "num_workers": 0}
 CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.0, "bg_logit": 0.1, "bg_units": "logit", "scale": 10.0, "purity": False, "purity_bg": 0.4,
-       "lambda_fg": 1.0, "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": True,
-       "classifier_grad": True}
+       "confidence": 0.0, "bg_logit": 0.1, "bg_units": "logit", "scale": 10.0,
+       "purity": False, "purity_bg": 0.4, "lambda_fg": 1.0, "lambda_bg": 1.0,
+       "warmup_epochs": 0, "pasted_cls": True, "classifier_grad": True}
 
 
 def tiny_model(img_size=32, **kwargs):
