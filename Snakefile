@@ -20,6 +20,7 @@ validate_config(config, workflow.source_path("workflow/schemas/config.schema.yam
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/irn.smk"
 include: "workflow/rules/seg.smk"
 include: "workflow/rules/results.smk"

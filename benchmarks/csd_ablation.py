@@ -16,23 +16,15 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from csd.config import load_config  # noqa: E402
 from csd.decoupling import train_cam_csd  # noqa: E402
 from csd.make_cam import make_cams  # noqa: E402
 from csd.metrics import eval_seeds  # noqa: E402
 from csd.voc import read_ids  # noqa: E402
-
-
-def merged(base, override):
-    out = dict(base)
-    for key, value in override.items():
-        both = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = merged(base[key], value) if both else value
-    return out
 
 
 def main():
@@ -46,12 +38,9 @@ def main():
                         help="train_cam.KEY=JSON_VALUE, e.g. train_cam.epochs=10")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with open(REPO / "config/config.yaml") as f:
-        config = yaml.safe_load(f)
-    with open(REPO / args.config) as f:
-        config = merged(config, yaml.safe_load(f))
+    config = load_config(REPO, REPO / args.config)
     settings = dict(config["train_cam"], seed=args.seed,
-                    csd=merged(config["csd"], json.loads(args.csd)))
+                    csd={**config["csd"], **json.loads(args.csd)})
     for item in args.set:
         key, value = item.split("=", 1)
         section, name = key.split(".", 1)

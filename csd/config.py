@@ -10,6 +10,17 @@ class ConfigError(ValueError):
     pass
 
 
+def load_config(repo, *overrides):
+    """config/config.yaml of `repo` deep-updated with each override file in turn, as
+    `snakemake --configfile` merges them (for scripts that run outside the DAG)."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((Path(repo) / "config/config.yaml").read_text())
+    for path in overrides:
+        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
+    return config
+
+
 def validate_config(config, schema_path):
     """Check `config` against the JSON schema; fill defaults via Snakemake's validator.
 

@@ -543,7 +543,9 @@ def make_background(context, h, w, rng):
 
 
 def render_image(settings, plan):
-    """Paint a plan: returns (RGB uint8 image, label map with void band, kept instances).
+    """Paint a plan: returns (RGB uint8 image, label map with void band, instance map (VOC's
+    SegmentationObject: 1.. per kept instance, 0 background, IGNORE on the band), kept
+    instances).
 
     Instances with fewer labelled (visible, non-void) pixels than min_visible_frac of the
     image are removed (and their class label with them when no instance of it is left)
@@ -579,6 +581,7 @@ def render_image(settings, plan):
     image = make_background(CONTEXTS[plan["context"]], h, w,
                             np.random.default_rng([settings["seed"], plan["index"], _BACKGROUND]))
     labels = np.zeros((h, w), np.uint8)
+    objects = np.zeros((h, w), np.uint8)
     kept = []
     for k in keep:
         inst = plan["instances"][k]
@@ -591,6 +594,7 @@ def render_image(settings, plan):
         image[mask] = paint[mask]
         labels[mask] = inst["cls"] + 1
         vis = owner == k
+        objects[vis] = len(kept) + 1
         ys, xs = np.nonzero(vis)
         kept.append(dict(inst, visible_pixels=visible[k],
                          bbox=[int(xs.min()) + 1, int(ys.min()) + 1, int(xs.max()) + 1, int(ys.max()) + 1],
@@ -600,7 +604,8 @@ def render_image(settings, plan):
     image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
     labels[band] = IGNORE
-    return image, labels, kept
+    objects[band] = IGNORE
+    return image, labels, objects, kept
 
 
 def annotation_xml(plan, instances):
@@ -679,7 +684,8 @@ def summarize(settings, records, splits):
 def generate(out_root, settings):
     """Write a ToyVOC tree under `out_root` and return its summary statistics.
 
-    out_root/VOCdevkit/VOC2012/{JPEGImages,Annotations,SegmentationClass,ImageSets/Segmentation}
+    out_root/VOCdevkit/VOC2012/{JPEGImages,Annotations,SegmentationClass,SegmentationObject,
+                                ImageSets/Segmentation}
     out_root/benchmark_RELEASE/dataset/{train,val}.txt   (SBD-like extra ids, no PNGs)
     out_root/toyvoc_test_gt/SegmentationClass/<id>.png   (test ground truth, kept out of
                                                          VOC2012 as in the real release)
@@ -701,7 +707,8 @@ def generate(out_root, settings):
     tmp = Path(tempfile.mkdtemp(dir=out_root.parent, prefix=f".{out_root.name}.", suffix=".part"))
     try:
         voc = tmp / "VOCdevkit" / "VOC2012"
-        for sub in ("JPEGImages", "Annotations", "SegmentationClass", "ImageSets/Segmentation"):
+        for sub in ("JPEGImages", "Annotations", "SegmentationClass", "SegmentationObject",
+                    "ImageSets/Segmentation"):
             (voc / sub).mkdir(parents=True)
         (tmp / "benchmark_RELEASE" / "dataset").mkdir(parents=True)
         (tmp / "toyvoc_test_gt" / "SegmentationClass").mkdir(parents=True)
@@ -709,12 +716,13 @@ def generate(out_root, settings):
         records = []
         for index in range(n_images):
             plan = plan_image(settings, index)
-            image, labels, kept = render_image(settings, plan)
+            image, labels, objects, kept = render_image(settings, plan)
             iid = plan["id"]
             _write_jpeg(voc / "JPEGImages" / f"{iid}.jpg", image, settings["jpeg_quality"])
             (voc / "Annotations" / f"{iid}.xml").write_text(annotation_xml(plan, kept))
             if iid in with_mask:
                 save_png(voc / "SegmentationClass" / f"{iid}.png", labels, pal)
+                save_png(voc / "SegmentationObject" / f"{iid}.png", objects, pal)
             elif iid in test_ids:
                 save_png(tmp / "toyvoc_test_gt" / "SegmentationClass" / f"{iid}.png", labels, pal)
             present = sorted({inst["cls"] for inst in kept})

@@ -26,6 +26,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18
 # The tiny synthetic config of the end-to-end runs (tests/test_pipeline.py, tests/test_slurm.py,
 # benchmarks/scaleout.py): every stage, three methods, a few seconds per job on a CPU.
 TINY = {
@@ -33,8 +34,13 @@ TINY = {
     "dataset": {"name": "toyvoc", "toyvoc": {
         "n_train": 12, "n_val": 6, "n_test": 4, "n_sbd_train": 10, "n_sbd_val": 4,
         "sbd_overlap": 2, "size_min": 64, "size_max": 80}},
+    # the synthetic benchmark's route: procedural pretraining, then every ResNet stage
+    # starts from its weights (frozen BatchNorm, frozen stem stages)
+    "pretrain_backbone": {"depth": 18, "n_images": 32, "epochs": 1, "batch_size": 16,
+                          "crop": 64, "resize_long": [64, 80]},
     "train_cam": {
-        "backbone": {"depth": 18, "pretrained": None, "frozen_stages": 0, "freeze_bn": False},
+        "backbone": {"depth": 18, "pretrained": PRETRAINED, "frozen_stages": 2,
+                     "freeze_bn": True},
         "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
         "num_workers": 0},
     "train_mct": {
@@ -45,12 +51,12 @@ TINY = {
     "make_cam": {"scales": [1.0, 0.5], "shards": 2},
     "cam_to_ir_label": {"workers": 1, "shards": 1},
     "train_irn": {
-        "backbone": {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]},
-        "init_from_cam": True, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
+        "backbone": {"depth": 18, "pretrained": PRETRAINED, "strides": [2, 2, 2, 1]},
+        "init_from_cam": False, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
         "num_workers": 0},
     "make_sem_seg": {"shards": 2},
-    "train_seg": {"backbone": {"depth": 18, "pretrained": None, "freeze_bn": True},
-                  "init_from_cam": True, "batch_size": 4,
+    "train_seg": {"backbone": {"depth": 18, "pretrained": PRETRAINED, "freeze_bn": True},
+                  "init_from_cam": False, "batch_size": 4,
                   "iterations": 6, "crop": 48, "num_workers": 0},
     "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
     # one epoch of a tiny classifier gives rough masks: accept any instance size

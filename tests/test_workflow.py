@@ -72,7 +72,7 @@ def gpu_rules():
 def test_slurm_profile_gives_every_gpu_rule_a_gpu_and_matching_threads():
     import yaml
 
-    assert gpu_rules() == {"train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
+    assert gpu_rules() == {"pretrain_backbone", "train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
                            "infer_seg"}
     for path in ("profiles/slurm/config.yaml", "tests/slurm_profile/config.yaml"):
         profile = yaml.safe_load((REPO / path).read_text())

@@ -87,7 +87,7 @@ def has_test_split():
 def final_targets():
     overlays = [f"{RESULTS}/figures/overlays_{method}_seed{config['seeds'][0]}.png"
                 for method in config["methods"]]
-    return [f"{SPLITS}/stats.json", f"{RESULTS}/table.csv",
+    return [f"{SPLITS}/stats.json", f"{RESULTS}/cam_cells.json", f"{RESULTS}/table.csv",
             f"{RESULTS}/figures/per_class_iou.png", *overlays]
 
 
@@ -137,6 +137,43 @@ def resnet_stage_settings(stage):
                 out["backbone"] = dict(backbone, freeze_bn=False)
         return out
     return settings
+
+
+# The procedural pretraining's backbone file (workflow/rules/pretrain.smk): a stage uses it
+# by naming this path as its `backbone.pretrained`.
+PRETRAINED = f"{DATA}/pretrain/resnet{config['pretrain_backbone']['depth']}.pth"
+# toyvoc keys that only size the benchmark's splits: not part of the pretraining world.
+SPLIT_KEYS = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap")
+
+
+def pretrain_settings():
+    """pretrain_backbone's settings; its world is the benchmark's toyvoc world (the same
+    context ties) with `pretrain_backbone.world` laid over it (its own generator seed)."""
+    settings = dict(config["pretrain_backbone"])
+    world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_KEYS}
+    settings["world"] = {**world, **settings["world"]}
+    return settings
+
+
+def weights_file(pretrained):
+    """[path] when a `pretrained` setting names a file (PRETRAINED or the user's own), so
+    that Snakemake makes or checks it first and reruns the stage when it changes."""
+    return [pretrained] if pretrained not in (None, "none", "imagenet") else []
+
+
+def pretrained_input(stage):
+    """An input function: the weights file a ResNet stage after the CAMs starts from."""
+    def inputs(w):
+        settings = resnet_stage_settings(stage)(w)
+        return [] if settings["init_from_cam"] else weights_file(settings["backbone"]["pretrained"])
+
+    return inputs
+
+
+def classifier_pretrained(w):
+    """An input function: the weights file a method's classifier starts from."""
+    section = config[CLASSIFIERS[classifier_of(w)]["settings"]]
+    return weights_file(section.get("backbone", section.get("model"))["pretrained"])
 
 
 def warm_start_model(stage):

@@ -3,6 +3,7 @@
 
 localrules:
     fetch_voc,
+    cam_cells,
 
 
 rule fetch_voc:
@@ -59,3 +60,25 @@ rule build_splits:
         ENV
     script:
         "../scripts/build_splits.py"
+
+
+# CAM cells per object at the ResNet classifier's training scale and output stride, from
+# the train split's instance masks: is the CAM grid fine enough to take objects' shapes?
+rule cam_cells:
+    output:
+        f"{RESULTS}/cam_cells.json",
+    input:
+        ids=f"{SPLITS}/train.txt",
+        data=dataset_dir(),
+        code=pkg("cam_cells"),
+    params:
+        voc_root=voc_root(),
+        settings={"resize_long": config["train_cam"]["resize_long"],
+                  "crop": config["train_cam"]["crop"],
+                  "strides": config["train_cam"]["backbone"]["strides"]},
+    log:
+        f"{LOGS}/data/cam_cells.log",
+    conda:
+        ENV
+    script:
+        "../scripts/cam_cells.py"

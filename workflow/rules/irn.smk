@@ -15,6 +15,7 @@ rule train_cam:
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
         round0=round0_masks,
+        pretrained=classifier_pretrained,
         code=classifier_code,
     params:
         voc_root=voc_root(),
@@ -125,6 +126,7 @@ rule train_irn:
     input:
         ir_labels=f"{RUN}/ir_label/all",
         cam_model=warm_start_model("train_irn"),
+        pretrained=pretrained_input("train_irn"),
         ids=f"{SPLITS}/train_aug.txt",
         code=pkg("train_irn"),
     params:

@@ -15,6 +15,7 @@ rule train_seg:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train_aug.txt",
         cam_model=warm_start_model("train_seg"),
+        pretrained=pretrained_input("train_seg"),
         code=pkg("train_seg"),
     params:
         voc_root=voc_root(),

@@ -1,0 +1,110 @@
+"""Where one run loses quality, stage by stage, on the train split (which has ground truth):
+
+    python benchmarks/stage_ladder.py [--config config/benchmark.yaml] [--method irn]
+        [--seed 0] [--workdir .] [--threads 2]
+
+Prints, for a finished run (its cam/all, ir_label/all and mask/all directories and
+irn_model.pt; `snakemake --configfile CONFIG RESULTS/METHOD/seedN/mask_metrics.json` makes
+them):
+  seed mIoU                 the CAM seeds (eval_cam's seed_metrics.json)
+  IR labels                 precision / recall of cam_to_ir_label's confident foreground
+                            and background against the ground truth
+  mask mIoU (trained edge)  the random walk on IRN's boundary map (mask_metrics.json)
+  mask mIoU (oracle edge)   the same walk on a boundary map drawn from the ground truth:
+                            what a perfect edge network would give these CAMs
+The oracle uses ground truth and is a diagnostic only, never part of the pipeline.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from csd.config import load_config  # noqa: E402
+from csd.io import load_json  # noqa: E402
+from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
+from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
+from csd.store import load_cam_pack  # noqa: E402
+from csd.voc import IGNORE, load_label_png, read_ids  # noqa: E402
+
+
+def oracle_edge(gt):
+    """A stride-4 boundary map from a ground-truth label map: 1 on every 4x4 cell that holds
+    a label change or VOC's void band (which lies on object borders), else 0."""
+    labels = torch.as_tensor(gt.astype(np.int64))
+    change = torch.zeros(labels.shape, dtype=torch.bool)
+    change[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    change[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    change[1:, :] |= labels[1:, :] != labels[:-1, :]
+    change[:-1, :] |= labels[1:, :] != labels[:-1, :]
+    change |= labels == IGNORE
+    return F.max_pool2d(change[None, None].float(), 4, ceil_mode=True)[0, 0]
+
+
+def ir_label_scores(gt, ir):
+    """Pixel counts for precision / recall of the confident fg (1..20) and bg (0) labels."""
+    known = gt != IGNORE
+    fg_gt, bg_gt = known & (gt > 0), known & (gt == 0)
+    fg_ir, bg_ir = known & (ir > 0) & (ir != IGNORE), known & (ir == 0)
+    return np.array([(fg_ir & (ir == gt)).sum(), fg_ir.sum(), fg_gt.sum(),
+                     (bg_ir & bg_gt).sum(), bg_ir.sum(), bg_gt.sum()], np.int64)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="config/benchmark.yaml")
+    parser.add_argument("--method", default="irn")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", default=".", help="the run's snakemake -d directory")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(REPO, REPO / args.config)
+    work = Path(args.workdir)
+    run = work / config["results_dir"] / args.method / f"seed{args.seed}"
+    dataset = config["dataset"]["name"]
+    # as voc_root() in workflow/rules/common.smk
+    voc_root = (Path(config["dataset"]["voc"]["voc_root"])
+                if dataset == "voc" and config["dataset"]["voc"]["voc_root"]
+                else work / config["data_dir"] / dataset / "VOCdevkit/VOC2012")
+    ids = read_ids(work / config["data_dir"] / "splits" / dataset / "train.txt")
+    walk = config["make_sem_seg"]
+
+    counts = np.zeros(6, np.int64)
+    confusion = np.zeros((N_LABELS, N_LABELS), np.int64)
+    for image_id in ids:
+        gt = load_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
+        counts += ir_label_scores(gt, load_label_png(run / "ir_label/all" / f"{image_id}.png"))
+        pack = load_cam_pack([run / "cam/all"], image_id, fields=("keys", "cam"))
+        cams = torch.as_tensor(np.asarray(pack["cam"], np.float32))
+        edge = oracle_edge(gt)[:cams.shape[1], :cams.shape[2]]
+        rw = propagate(cams, edge, walk["radius"], walk["beta"], walk["exp_times"])
+        mask = sem_seg_from_rw(rw, pack["keys"], gt.shape, walk["bg_threshold"])
+        confusion += confusion_matrix(gt, mask)
+
+    def pct(a, b):
+        return 100.0 * a / b if b else float("nan")
+
+    rows = [
+        ("seed mIoU", load_json(run / "seed_metrics.json")["miou"]),
+        ("IR label fg precision", pct(counts[0], counts[1])),
+        ("IR label fg recall", pct(counts[0], counts[2])),
+        ("IR label bg precision", pct(counts[3], counts[4])),
+        ("IR label bg recall", pct(counts[3], counts[5])),
+        ("mask mIoU (trained edge)", load_json(run / "mask_metrics.json")["miou"]),
+        ("mask mIoU (oracle edge)", scores(confusion)["miou"]),
+    ]
+    print(f"stage ladder: {args.method} seed {args.seed}, {len(ids)} train images ({run})")
+    print("| stage | value |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Stage `pretrain_backbone`: procedural pretraining, the synthetic benchmark's ImageNet.
+
+No ImageNet weights can be had where the synthetic benchmark runs, and a ResNet trained
+from scratch on a few hundred images gives CAMs nothing like VOC's. Formula-driven
+pretraining is the established substitute (FractalDB, Kataoka et al. ACCV 2020; "Learning
+to See by Looking at Noise", Baradad et al. NeurIPS 2021): here a classification set drawn
+from the toyvoc world with its own generator seed, so it never holds a benchmark image, but
+the same world statistics (ImageNet has context ties too). Each image is labelled with its
+object classes and its background context (10 more families to tell apart), and a
+torchvision ResNet learns them all as one multi-label problem, at its usual output stride
+32 (the fine-tuning stages change strides as IRN does with ImageNet weights).
+
+The output is a plain torchvision state_dict without `fc.`, which `backbone.pretrained:
+<path>` loads like any ImageNet file.
+"""
+
+import sys
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from csd.backbone import load_resnet
+from csd.io import save_torch
+from csd.toyvoc import CONTEXTS, check_settings, plan_image, render_image
+from csd.training import fit, require, seed_everything
+from csd.transforms import train_transform
+from csd.voc import CLASSES
+
+PRETRAIN_KEYS = ("seed", "world", "n_images", "depth", "batch_size", "epochs", "lr",
+                 "momentum", "weight_decay", "poly_power", "resize_long", "crop", "flip",
+                 "num_workers")
+NUM_TARGETS = len(CLASSES) + len(CONTEXTS)
+
+
+def render_set(world, n_images):
+    """(uint8 images, float targets [n, 20 classes + 10 contexts]) drawn from `world`
+    (toyvoc settings without the split sizes; its `seed` is the generator seed), JPEG-coded
+    like toyvoc's files."""
+    world = dict(world, n_train=n_images, n_val=1, n_test=0, n_sbd_train=0, n_sbd_val=0,
+                 sbd_overlap=0)
+    check_settings(world)
+    images, targets = [], np.zeros((n_images, NUM_TARGETS), np.float32)
+    quality = [cv2.IMWRITE_JPEG_QUALITY, int(world["jpeg_quality"])]
+    for index in tqdm(range(n_images), desc="pretrain: rendering", file=sys.stderr,
+                      dynamic_ncols=True, mininterval=10):
+        plan = plan_image(world, index)
+        image, _, _, kept = render_image(world, plan)
+        _, data = cv2.imencode(".jpg", image[..., ::-1], quality)
+        images.append(np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]))
+        for inst in kept:
+            targets[index, inst["cls"]] = 1
+        targets[index, len(CLASSES) + plan["context"]] = 1
+    return images, targets
+
+
+class RenderedSet(Dataset):
+    def __init__(self, images, targets, transform):
+        self.images, self.targets, self.transform = images, targets, transform
+        self.ids = range(len(images))  # the checkpoint's identity of the training set
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, index):
+        sample = self.transform({"image": self.images[index]})
+        return {"image": sample["image"], "label": torch.from_numpy(self.targets[index])}
+
+
+def pretrain_backbone(backbone_out, model_out, history_out, settings, benchmark_seed=None,
+                      device="cpu"):
+    """Render the pretraining set, train a ResNet on it (checkpointed, resumable), and write
+    the backbone's torchvision state_dict (no `fc.`) to backbone_out; the whole classifier
+    ({"model", "settings"}) goes to model_out, the per-epoch history to history_out.
+
+    benchmark_seed: the generator seed of the benchmark the weights are for; the same seed
+    would render the benchmark's own images, so it is refused.
+    """
+    require(settings, PRETRAIN_KEYS, "pretrain_backbone")
+    world = settings["world"]
+    if benchmark_seed is not None and world["seed"] == benchmark_seed:
+        raise ValueError(f"pretrain_backbone.world.seed ({world['seed']}) equals "
+                         "dataset.toyvoc.seed: pretraining would see the benchmark's images")
+    seed_everything(settings["seed"])
+    images, targets = render_set(world, settings["n_images"])
+    dataset = RenderedSet(images, targets, train_transform(
+        "long", settings["resize_long"], settings["crop"], flip=settings["flip"]))
+
+    device = torch.device(device)
+    net = load_resnet(settings["depth"], None, strides=(1, 2, 2, 2))
+    net.fc = nn.Linear(net.fc.in_features, NUM_TARGETS)
+    net.to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=settings["lr"],
+                                momentum=settings["momentum"],
+                                weight_decay=settings["weight_decay"])
+    criterion = nn.MultiLabelSoftMarginLoss()
+
+    def step(model, batch, epoch):
+        logits = model(batch["image"].to(device, non_blocking=True))
+        return criterion(logits, batch["label"].to(device, non_blocking=True)), {}
+
+    history = fit("pretrain_backbone", net, optimizer, dataset, step, [settings["lr"]],
+                  settings, model_out, history_out, device)
+    backbone = {k: v.cpu() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    save_torch(backbone_out, backbone)
+    return history

@@ -1,0 +1,27 @@
+# Procedural pretraining: the synthetic benchmark's stand-in for ImageNet weights. Its
+# backbone file is used by setting a stage's `backbone.pretrained` to PRETRAINED (see
+# pretrained_input in common.smk); one job serves every method and seed of a run.
+
+
+rule pretrain_backbone:
+    output:
+        backbone=PRETRAINED,
+        model=f"{DATA}/pretrain/pretrain_model.pt",
+        history=f"{DATA}/pretrain/pretrain_history.json",
+    input:
+        code=pkg("pretrain"),
+    params:
+        settings=pretrain_settings(),
+        benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
+        lock_dir=config["gpu_lock_dir"],
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    log:
+        f"{LOGS}/pretrain/pretrain_backbone.log",
+    benchmark:
+        f"{LOGS}/benchmark/pretrain/pretrain_backbone.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/pretrain_backbone.py"
