@@ -92,11 +92,18 @@ def test_pair_labels_hand_made():
     assert (bg_pos.sum().item(), fg_pos.sum().item(), neg.sum().item()) == (0, 3, 0)
 
 
-def test_downsample_label_takes_every_fourth_pixel():
+def test_downsample_label_reads_pixel_4i_plus_2_as_pil_nearest():
+    # IRN: PIL nearest to a quarter of each side (its crops are multiples of 4)
+    label = np.random.default_rng(0).integers(0, 256, (64, 72), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(label).resize((18, 16), Image.NEAREST))
+    small = downsample_label(torch.from_numpy(label).long()[None])
+    np.testing.assert_array_equal(small[0].numpy(), pil)
     mask = torch.arange(64 * 66).reshape(1, 66, 64)
     small = downsample_label(mask)
-    assert small.shape == (1, 17, 16)
-    assert small[0, 2, 3] == mask[0, 8, 12]
+    assert small.shape == (1, 17, 16)  # the edge map's ceil(H/4) grid
+    assert small[0, 2, 3] == mask[0, 10, 14]
+    # 66 rows: the 17th cell (rows 64-65) reads the last row
+    assert small[0, 16, 0] == mask[0, 65, 2]
 
 
 def test_loss_prefers_the_true_boundary():
