@@ -44,7 +44,8 @@ if args["stage"] == "make_cam":
 else:
     from csd.make_sem_seg import make_sem_seg
     make_sem_seg(args["voc"], ids, [args["cams"]], args["irn_model"], args["out"],
-                 {{"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}})
+                 {{"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25,
+                  "pad_to_crop": True, "crop": 512}})
 """
 
 

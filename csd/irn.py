@@ -153,9 +153,16 @@ def pair_labels(label, radius):
 
 
 def downsample_label(mask):
-    """Crop label [B, H, W] -> stride-4 grid [B, ceil(H/4), ceil(W/4)] (IRN: nearest,
-    i.e. every 4th pixel), the grid of the edge map."""
-    return mask[..., ::4, ::4]
+    """Crop label [B, H, W] -> the edge map's stride-4 grid [B, ceil(H/4), ceil(W/4)].
+
+    IRN shrinks its crops' labels with PIL nearest x0.25, which reads the pixel nearest to
+    each cell's centre: 4i + 2 on sides divisible by 4 (IRN's crops are). The same pixel
+    here; on other sides the last cell, which may be cut short, reads the side's last pixel.
+    """
+    h, w = mask.shape[-2:]
+    rows, cols = (torch.clamp(torch.arange((n + 3) // 4, device=mask.device) * 4 + 2,
+                              max=n - 1) for n in (h, w))
+    return mask.index_select(-2, rows).index_select(-1, cols)
 
 
 def affinity_loss(aff, bg_pos, fg_pos, neg):

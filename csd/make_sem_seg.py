@@ -1,9 +1,11 @@
 """IRN stage `make_sem_seg_labels`: CAMs propagated by a random walk on IRN's boundaries.
 
 Per image: the trained edge branch gives a boundary map at stride 4 (image and its flip,
-IRN: sigmoid of the mean logit); the stride-4 CAMs spread along affinities read from it
-(csd.random_walk), and the result, upsampled, with a constant background plane, becomes
-the pseudo mask. The caller shards the id list; existing PNGs are skipped (resume).
+IRN: sigmoid of the mean logit; by default, as IRN, on the image zero-padded to the training
+crop, so that GroupNorm statistics and borders are those of training); the stride-4 CAMs
+spread along affinities read from it (csd.random_walk), and the result, upsampled, with a
+constant background plane, becomes the pseudo mask. The caller shards the id list;
+existing PNGs are skipped (resume).
 """
 
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from csd.backbone import normalize
@@ -21,20 +24,31 @@ from csd.store import load_cam_pack
 from csd.training import require
 from csd.voc import load_image, palette
 
-SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold")
+SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold", "pad_to_crop")
 
 
 @torch.no_grad()
-def edge_map(model, image, device):
-    """HxWx3 uint8 -> boundary probabilities [ceil(H/4), ceil(W/4)] (image + flip, IRN)."""
+def edge_map(model, image, device, pad_to=None):
+    """HxWx3 uint8 -> boundary probabilities [ceil(H/4), ceil(W/4)] (image + flip, IRN).
+
+    pad_to: IRN's inference padding. The normalised image and its flip are zero-padded
+    (0 = the mean colour, the fill of training crops) on the bottom and right to pad_to x
+    pad_to, and the logits are cut back to the image's grid before the flip is undone. A side
+    already longer than pad_to is left as it is (IRN's negative padding would crop it and
+    lose the CAMs' alignment; VOC images never exceed its 512 crop). None: no padding.
+    """
     x = normalize(image.copy()).to(device)  # a writable copy: PIL arrays are read-only
-    logits = model(torch.cat([x, x.flip(-1)]))[:, 0]
+    h, w = x.shape[-2:]
+    x = torch.cat([x, x.flip(-1)])
+    if pad_to:
+        x = F.pad(x, (0, max(pad_to - w, 0), 0, max(pad_to - h, 0)))
+    logits = model(x)[:, 0, :(h + 3) // 4, :(w + 3) // 4]
     return torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2)
 
 
 def sem_seg_one(model, image, cam_pack, settings, device):
     """One image -> uint8 label map (0 background, keys + 1)."""
-    edge = edge_map(model, image, device)
+    edge = edge_map(model, image, device, settings["crop"] if settings["pad_to_crop"] else None)
     cams = torch.as_tensor(np.asarray(cam_pack["cam"], dtype=np.float32), device=device)
     keys = np.asarray(cam_pack["keys"], dtype=np.int64)
     if cams.ndim != 3 or cams.shape[0] != len(keys) or cams.shape[1:] != edge.shape:
@@ -49,7 +63,8 @@ def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="
 
     Returns the number of PNGs written.
     """
-    require(settings, SEM_SEG_KEYS, "make_sem_seg")
+    require(settings, SEM_SEG_KEYS + (("crop",) if settings.get("pad_to_crop") else ()),
+            "make_sem_seg")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = pending("make_sem_seg", ids, [out_dir])

@@ -14,9 +14,22 @@ from csd.backbone import MEAN, STD
 from csd.voc import IGNORE, VOCDataset
 
 
+def pil_nearest_index(n_in, n_out):
+    """The source pixel of each of n_out pixels in PIL's nearest resize of a side of n_in:
+    floor of the centre's position (i + 1/2) * n_in / n_out, accumulated step by step in
+    double precision as Pillow does (so on an exact tie it may read the pixel before)."""
+    steps = np.full(n_out, n_in / n_out)
+    steps[0] /= 2
+    return torch.from_numpy(np.floor(np.cumsum(steps)).astype(np.int64)).clamp_(max=n_in - 1)
+
+
 class RandomResize(v2.Transform):
     """Resize by a random factor: mode "long" draws the long side in [lo, hi] pixels (IRN's
-    train_cam), mode "scale" draws a scale factor in [lo, hi] (IRN's train_irn, DeepLab)."""
+    train_cam), mode "scale" draws a scale factor in [lo, hi] (IRN's train_irn, DeepLab).
+
+    As IRN (PIL): images bicubic, with PIL's antialiasing when shrinking (torchvision's uint8
+    kernel is within 2 grey levels of PIL); label maps nearest, reading PIL's pixel.
+    """
 
     def __init__(self, lo, hi, mode):
         super().__init__()
@@ -31,11 +44,14 @@ class RandomResize(v2.Transform):
         return {"size": [max(1, round(h * factor)), max(1, round(w * factor))]}
 
     def transform(self, inpt, params):
-        # Label maps must stay integral: nearest neighbour for masks, bilinear for images.
-        interp = (v2.InterpolationMode.NEAREST if isinstance(inpt, tv_tensors.Mask)
-                  else v2.InterpolationMode.BILINEAR)
-        return self._call_kernel(F.resize, inpt, params["size"], interpolation=interp,
-                                 antialias=True)
+        if isinstance(inpt, tv_tensors.Mask):  # label maps stay integral
+            (h, w), (out_h, out_w) = inpt.shape[-2:], params["size"]
+            rows = pil_nearest_index(h, out_h).to(inpt.device)
+            cols = pil_nearest_index(w, out_w).to(inpt.device)
+            return tv_tensors.wrap(inpt.index_select(-2, rows).index_select(-1, cols),
+                                   like=inpt)
+        return self._call_kernel(F.resize, inpt, params["size"],
+                                 interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
 
 def to_tv(sample):

@@ -8,16 +8,20 @@ import pytest
 import torch
 from PIL import Image
 
+from csd.backbone import normalize
 from csd.training import Checkpoint
 from csd.io import save_npz, save_png, save_torch
 from csd.irn import (EdgeNet, affinity_loss, build_irn, downsample_label, edge_to_affinity,
                      load_irn, pair_labels)
-from csd.make_sem_seg import make_sem_seg
+from csd.make_sem_seg import edge_map, make_sem_seg
 from csd.random_walk import path_directions
 from csd.train_irn import train_irn
 from csd.voc import IGNORE, load_label_png, palette
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]}
+# make_sem_seg's settings; crop is train_irn's (irn_settings)
+WALK = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25, "pad_to_crop": True,
+        "crop": 64}
 
 
 def irn_settings(**over):
@@ -88,11 +92,18 @@ def test_pair_labels_hand_made():
     assert (bg_pos.sum().item(), fg_pos.sum().item(), neg.sum().item()) == (0, 3, 0)
 
 
-def test_downsample_label_takes_every_fourth_pixel():
+def test_downsample_label_reads_pixel_4i_plus_2_as_pil_nearest():
+    # IRN: PIL nearest to a quarter of each side (its crops are multiples of 4)
+    label = np.random.default_rng(0).integers(0, 256, (64, 72), dtype=np.uint8)
+    pil = np.asarray(Image.fromarray(label).resize((18, 16), Image.NEAREST))
+    small = downsample_label(torch.from_numpy(label).long()[None])
+    np.testing.assert_array_equal(small[0].numpy(), pil)
     mask = torch.arange(64 * 66).reshape(1, 66, 64)
     small = downsample_label(mask)
-    assert small.shape == (1, 17, 16)
-    assert small[0, 2, 3] == mask[0, 8, 12]
+    assert small.shape == (1, 17, 16)  # the edge map's ceil(H/4) grid
+    assert small[0, 2, 3] == mask[0, 10, 14]
+    # 66 rows: the 17th cell (rows 64-65) reads the last row
+    assert small[0, 16, 0] == mask[0, 65, 2]
 
 
 def test_loss_prefers_the_true_boundary():
@@ -197,6 +208,30 @@ def test_train_irn_names_missing_labels(tmp_path):
                   irn_settings())
 
 
+def test_edge_map_pads_to_the_crop_as_irn(net):
+    net.eval()
+    image = np.random.default_rng(0).integers(0, 256, (40, 54, 3), dtype=np.uint8)
+    # IRN's EdgeDisplacement: the normalised image and its flip, zero-padded on the bottom
+    # and right to the crop; logits cut to the image's stride-4 grid, then the flip undone
+    x = normalize(image)
+    x = torch.cat([x, x.flip(-1)])
+    logits = net(torch.nn.functional.pad(x, (0, 64 - 54, 0, 64 - 40)))[:, 0, :10, :14]
+    expected = torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2)
+    padded = edge_map(net, image, "cpu", pad_to=64)
+    torch.testing.assert_close(padded, expected)
+    # unpadded, GroupNorm sees other statistics: the map differs
+    plain = edge_map(net, image, "cpu")
+    assert plain.shape == padded.shape == (10, 14)
+    assert (plain - padded).abs().max() > 1e-3
+    # a side longer than the crop is kept whole (IRN would crop it): 72 wide -> 18 cells
+    wide = np.random.default_rng(1).integers(0, 256, (40, 72, 3), dtype=np.uint8)
+    assert edge_map(net, wide, "cpu", pad_to=64).shape == (10, 18)
+    # an image of the crop's size is not padded at all
+    square = wide[:, :64].copy()
+    torch.testing.assert_close(edge_map(net, square, "cpu", pad_to=40),
+                               edge_map(net, square, "cpu"))
+
+
 def test_make_sem_seg_writes_label_pngs(tmp_path):
     voc_root, ids = write_fixture(tmp_path, n=3)
     # An edge branch that sees boundaries everywhere (edge ~ 1, affinities ~ 0): the walk
@@ -221,10 +256,9 @@ def test_make_sem_seg_writes_label_pngs(tmp_path):
         save_npz(tmp_path / f"cam{shard % 2}" / f"{image_id}.npz",
                  keys=np.asarray(keys[image_id], np.int64), cam=cam,
                  high_res=rng.random((k, h, w), dtype=np.float32))
-    settings = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}
     cam_dirs = [tmp_path / "cam0", tmp_path / "cam1"]
     out = tmp_path / "sem_seg"
-    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, settings) == 3
+    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, WALK) == 3
     for image_id in ids:
         mask = load_label_png(out / f"{image_id}.png")
         assert mask.shape == (h, w)
@@ -233,7 +267,7 @@ def test_make_sem_seg_writes_label_pngs(tmp_path):
     assert (mask[:, :20] == 3).all() and (mask[:, 28:44] == 0).all()
     assert (mask[:, 52:] == 6).all()
     # resume: nothing left to do
-    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, settings) == 0
+    assert make_sem_seg(voc_root, ids, cam_dirs, tmp_path / "irn.pth", out, WALK) == 0
 
 
 def test_make_sem_seg_rejects_misaligned_cams(tmp_path):
@@ -242,8 +276,11 @@ def test_make_sem_seg_rejects_misaligned_cams(tmp_path):
                                      "settings": irn_settings()})
     save_npz(tmp_path / "cam" / f"{ids[0]}.npz", keys=np.asarray([3]),
              cam=np.ones((1, 10, 10), np.float32), high_res=np.ones((1, 56, 72), np.float32))
-    settings = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}
     with pytest.raises(ValueError, match=ids[0]):
         make_sem_seg(voc_root, ids, [tmp_path / "cam"], tmp_path / "irn.pth",
-                     tmp_path / "out", settings)
+                     tmp_path / "out", WALK)
+    # padding to the crop needs the crop
+    with pytest.raises(KeyError, match="crop"):
+        make_sem_seg(voc_root, ids, [tmp_path / "cam"], tmp_path / "irn.pth",
+                     tmp_path / "out", {k: v for k, v in WALK.items() if k != "crop"})
     assert load_irn(tmp_path / "irn.pth").training is False

@@ -21,11 +21,9 @@ from tests.conftest import make_voc
 from tests.test_cam import BACKBONE as CAM_BACKBONE
 from tests.test_deeplab import INFER, MODEL
 from tests.test_ir_label import SETTINGS as IR_LABEL
-from tests.test_irn import irn_settings
+from tests.test_irn import WALK, irn_settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-WALK = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25}
 
 
 def sharded(count, ids, base, run, kinds=("out",)):

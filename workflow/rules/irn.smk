@@ -156,7 +156,8 @@ rule make_sem_seg:
         code=pkg("make_sem_seg"),
     params:
         voc_root=voc_root(),
-        settings=config["make_sem_seg"],
+        # the edge network's input is padded to the crop it was trained on
+        settings={**config["make_sem_seg"], "crop": config["train_irn"]["crop"]},
         shard=shard_of("make_sem_seg"),
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_sem_seg")
