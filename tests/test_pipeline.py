@@ -164,3 +164,43 @@ def test_editing_the_transformer_reruns_only_the_mctformer_runs(run):
     # IRN's backbone for MCTformer runs is not the classifier's: no cam_model.pt input
     jobs = jobs_after_editing(run, "csd/train_irn.py")
     assert {("train_irn", m) for m in TINY["methods"]} <= jobs
+
+
+def test_one_pretraining_serves_every_resnet_stage_of_every_run(run):
+    """The tiny route: pretrain_backbone ran once, and every ResNet stage started from its
+    weights (frozen parts still equal them after training)."""
+    import torch
+
+    log = run["proc"].stdout + run["proc"].stderr
+    assert len(re.findall(r"^rule pretrain_backbone:", log, re.M)) == 1
+    pretrained = torch.load(run["work"] / TINY["train_cam"]["backbone"]["pretrained"],
+                            weights_only=True)
+    layer2 = {k: v for k, v in pretrained.items() if k.startswith("layer2.")}
+    assert layer2
+    for method in ("irn", "irn_csd", "irn_cda"):  # conv1..layer2 frozen in the classifier
+        cam = torch.load(run["work"] / f"results/{method}/seed0/cam_model.pt",
+                         weights_only=True)["model"]
+        for key, value in layer2.items():
+            assert torch.equal(cam["backbone.stage2." + key[len("layer2."):]], value), key
+    for method in TINY["methods"]:  # IRN's backbone is frozen whole, MCTformer runs too
+        irn = torch.load(run["work"] / f"results/{method}/seed0/irn_model.pt",
+                         weights_only=True)["model"]
+        assert torch.equal(irn["backbone.stage4.1.conv2.weight"],
+                           pretrained["layer4.1.conv2.weight"])
+        # DeepLab's frozen BatchNorm keeps the pretrained statistics
+        seg = torch.load(run["work"] / f"results/{method}/seed0/seg_model.pt",
+                         weights_only=True)["model"]
+        assert torch.equal(seg["backbone.1.running_var"], pretrained["bn1.running_var"])
+
+
+def test_pretraining_setting_reruns_pretraining_and_the_resnet_stages(run):
+    changed = dict(TINY, pretrain_backbone=dict(TINY["pretrain_backbone"], epochs=2))
+    config = write_config(run["base"] / "pretrain_changed.yaml", changed)
+    jobs = planned_jobs(snakemake(run["work"], "-n", configs=[config],
+                                  snakefile=run["repo"] / "Snakefile"))
+    assert ("pretrain_backbone", None) in jobs
+    assert {("train_cam", m) for m in ("irn", "irn_csd", "irn_cda")} <= jobs
+    assert {("train_irn", m) for m in TINY["methods"]} <= jobs
+    # the ViT classifiers do not start from the ResNet
+    assert not {("train_cam", "mct"), ("train_cam", "mct_csd")} & jobs
+    assert ("make_toyvoc", None) not in jobs and ("build_splits", None) not in jobs

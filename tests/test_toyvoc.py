@@ -97,6 +97,26 @@ def test_layout_pngs_and_xml_agree(small_tree, tmp_path):
     assert Image.open(tmp_path / "sheet.png").size[0] == 2 * 2 * 128
 
 
+def test_instance_masks_split_the_class_masks_into_the_annotated_objects(small_tree):
+    root, _ = small_tree
+    voc = root / "VOCdevkit" / "VOC2012"
+    meta = {r["id"]: r for r in json.loads((root / "toyvoc_meta.json").read_text())["images"]}
+    train = read_ids(voc / "ImageSets" / "Segmentation" / "train.txt")
+    for image_id in train:
+        classes = np.asarray(Image.open(voc / "SegmentationClass" / f"{image_id}.png"))
+        objects = np.asarray(Image.open(voc / "SegmentationObject" / f"{image_id}.png"))
+        # same background and void band; each object lies on one class
+        assert np.array_equal(objects == 0, classes == 0)
+        assert np.array_equal(objects == 255, classes == 255)
+        instances = meta[image_id]["instances"]
+        assert sorted(set(np.unique(objects).tolist()) - {0, 255}) == list(
+            range(1, len(instances) + 1))
+        for k, inst in enumerate(instances, start=1):
+            on = classes[objects == k]
+            assert set(on.tolist()) == {CLASSES.index(inst["class"]) + 1}
+            assert on.size == inst["visible_pixels"]
+
+
 def test_void_band_width(tmp_path):
     thin = toyvoc.generate(tmp_path / "a", settings(void_width=0, n_sbd_train=0, n_sbd_val=0, n_test=0))
     assert thin["n_images"] == 20
