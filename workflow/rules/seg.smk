@@ -15,8 +15,8 @@ rule train_seg:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train_aug.txt",
         cam_model=warm_start_model("train_seg"),
-        code=pkg("train_seg"),
     params:
+        code=code_of("train_seg"),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_seg"),
         lock_dir=config["gpu_lock_dir"],
@@ -40,8 +40,8 @@ rule infer_seg:
     input:
         model=f"{RUN}/seg_model.pt",
         ids=f"{SPLITS}/{{split}}.txt",
-        code=pkg("infer_seg"),
     params:
+        code=code_of("infer_seg"),
         voc_root=voc_root(),
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
@@ -67,8 +67,8 @@ rule eval_seg:
     input:
         masks=f"{RUN}/pred_{{variant}}/all",
         ids=f"{SPLITS}/val.txt",
-        code=pkg("metrics"),
     params:
+        code=code_of("eval_sem_seg"),
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
     wildcard_constraints:
@@ -87,7 +87,8 @@ rule test_archive:
     input:
         preds=f"{RUN}/pred_test_crf/all",
         ids=f"{SPLITS}/test.txt",
-        code=pkg("infer_seg"),
+    params:
+        code=code_of("test_archive"),
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/test_archive.log",
     conda:
