@@ -2,10 +2,10 @@
 
 A rule runs its script in workflow/scripts/ and the package modules that script and the
 rule's stage modules import, transitively. Each file counts by its syntax tree without
-docstrings (comments and blank lines are not in the tree), so that an edited comment or a
-fresh copy of the checkout (new file dates) changes nothing, and any other edit changes
-the hash of exactly the rules that run the file. The workflow passes the hash as a rule
-param: Snakemake reruns a job whose params changed.
+docstrings (comments, blank lines and layout are not in the tree), so that an edited
+comment, a reformatting or a fresh copy of the checkout (new file dates) changes nothing,
+and any other edit changes the hash of exactly the rules that run the file. The workflow
+passes the hash as a rule param: Snakemake reruns a job whose params changed.
 """
 
 import ast
@@ -37,16 +37,18 @@ def _imported(nodes, package):
 
 @lru_cache(maxsize=None)
 def _read(path, package, stat_key):
-    """(syntax tree dump without docstrings, package modules imported anywhere, package
-    modules imported at the top level). `stat_key` only keys the cache (an edited file is
-    read again); the result depends on the content alone."""
+    """(the code without docstrings, as the syntax tree gives it back, package modules
+    imported anywhere, package modules imported at the top level). `stat_key` only keys
+    the cache (an edited file is read again); the result depends on the content alone.
+    ast.unparse rather than ast.dump: the dump's form changes with new Python versions
+    (new node fields, 3.13's omitted defaults), which would rerun every stage."""
     tree = ast.parse(Path(path).read_text(), str(path))
     anywhere = _imported(ast.walk(tree), package)
     top = _imported(tree.body, package)
     for node in ast.walk(tree):
         if isinstance(node, _DOCUMENTED) and node.body and _is_docstring(node.body[0]):
             node.body = node.body[1:]
-    return ast.dump(tree), anywhere, top
+    return ast.unparse(tree), anywhere, top
 
 
 def _parsed(path, package):
@@ -77,8 +79,9 @@ def module_closure(package_dir, modules, scripts=()):
 
 
 def code_version(package_dir, modules=(), scripts=()):
-    """A short hex hash of `scripts` and of `module_closure(package_dir, modules, scripts)`,
-    each file by folder and name (not by path: a copy of the checkout hashes the same) and syntax tree."""
+    """A short hex hash of `scripts` and of `module_closure(package_dir, modules, scripts)`:
+    each file by folder and name (not by path: a copy of the checkout hashes the same) and
+    by its code."""
     package = Path(package_dir).name
     digest = hashlib.sha256()
     files = [*map(Path, module_closure(package_dir, modules, scripts)),

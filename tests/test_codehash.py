@@ -48,6 +48,7 @@ def test_comments_docstrings_and_layout_do_not_change_the_hash(tmp_path):
     edit(pkg / "stage.py", '"""Run."""', '"""Run it,\n    twice."""\n    # why')
     edit(pkg / "stage.py", '"""Stage."""', "# a module comment instead of a docstring\n")
     edit(pkg / "helper.py", "def f", "# helper\n\n\n\ndef f")
+    edit(pkg / "helper.py", "return 2 * x", "return (2 *\n            x)")  # layout
     edit(script, "import sys", "# the script\nimport sys  # for the path")
     assert code_version(pkg, ["stage"], [script]) == before
 
@@ -62,7 +63,8 @@ def test_a_code_edit_changes_the_hash_of_the_rules_that_run_it(tmp_path):
     edit(script, "if K:", "if not K:")  # the script itself
     assert code_version(pkg, ["stage"], [script]) != stage
     stage = code_version(pkg, ["stage"], [script])
-    edit(pkg / "stage.py", '"""Run."""\n    return', '"""Run."""\n    "not a docstring"\n    return')
+    edit(pkg / "stage.py", '"""Run."""\n    return',
+         '"""Run."""\n    "a string, not the docstring"\n    return')
     assert code_version(pkg, ["stage"], [script]) != stage
 
 

@@ -314,3 +314,23 @@ def test_fetch_voc_wrong_archive_is_named(tmp_path):
                             test_split=False)
     with pytest.raises(FileNotFoundError, match=r"VOCtrainval.tar.*archives.trainval"):
         fetch_voc(tmp_path / "data", settings)
+
+
+def test_fetch_voc_extracts_an_archive_with_another_md5_again(tmp_path):
+    """The extraction marker records the archive's md5: a new archive under the same name
+    (its md5 changed in the config) is fetched and extracted, not taken as done."""
+    mirror = tmp_path / "mirror"
+    blobs = voc_archives(mirror)
+    settings = voc_settings("http://127.0.0.1:9", blobs, test_md5=None, mirror=mirror,
+                            test_split=False)
+    settings["download_dir"] = str(tmp_path / "archives")
+    out = tmp_path / "data"
+    fetch_voc(out, settings)
+    assert (out / ".extracted-VOCtrainval.tar").read_text().strip() == md5(blobs["trainval"])
+    new = make_tar(mirror / "VOCtrainval.tar", {
+        "VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg": b"jpg"}).read_bytes()
+    settings["archives"]["trainval"]["md5"] = md5(new)
+    fetch_voc(out, settings)
+    jpegs = out / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    assert sorted(p.name for p in jpegs.iterdir()) == ["2007_000032.jpg", "2007_000033.jpg"]
+    assert (out / ".extracted-VOCtrainval.tar").read_text().strip() == md5(new)
