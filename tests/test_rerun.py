@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from tests.conftest import REPO, TINY, copy_repo, planned_jobs, snakemake, write_config
-from tests.test_download import md5, voc_archives
+from tests.test_download import md5, voc_archives, voc_settings
 
 pytestmark = pytest.mark.workflow
 
@@ -114,11 +114,9 @@ def test_a_thin_script_edit_plans_its_rule(stand_in):
 
 def voc_config(tmp_path, blobs, **voc):
     """The tiny config on the VOC dataset, its archives copied from a local mirror."""
-    names = {"trainval": "VOCtrainval.tar", "sbd": "benchmark.tgz", "test": "VOC2012test.tar"}
-    voc = {"mirror": str(tmp_path / "mirror"), "download_dir": str(tmp_path / "downloads"),
-           "test_split": False,
-           "archives": {key: {"url": f"http://127.0.0.1:9/{name}", "md5": md5(blobs[key]),
-                              "filename": name} for key, name in names.items()}, **voc}
+    voc = {**voc_settings("http://127.0.0.1:9", blobs, test_md5=md5(blobs["test"]),
+                          mirror=str(tmp_path / "mirror"), test_split=False),
+           "download_dir": str(tmp_path / "downloads"), **voc}
     path = tmp_path / f"voc{len(list(tmp_path.glob('voc*.yaml')))}.yaml"
     return write_config(path, dict(TINY, methods=["irn"], dataset={"name": "voc", "voc": voc}))
 
