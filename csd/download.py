@@ -159,7 +159,7 @@ def _real_dir(path):
     return path.is_dir() and not path.is_symlink()
 
 
-def extract(archive, dest_dir):
+def extract(archive, dest_dir, stamp=None):
     """Extract a tar/tgz into `dest_dir` safely, once.
 
     The archive is unpacked into a hidden temporary directory inside `dest_dir` (same
@@ -167,10 +167,11 @@ def extract(archive, dest_dir):
     moved into place; the marker `.extracted-<archive name>` is written last, so a killed
     extraction is redone in full on the next call. Several archives may share a
     `dest_dir` (the VOC test tar adds files under the trainval tar's VOCdevkit/VOC2012).
+    `stamp`: what identifies the archive (its md5); the marker records it, and a marker
+    with another stamp (another archive under the same name) is extracted again.
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
-    marker = dest_dir / f".extracted-{archive.name}"
-    if marker.exists():
+    if extracted(archive.name, dest_dir, stamp):
         return dest_dir
     dest_dir.mkdir(parents=True, exist_ok=True)
     prefix = f".extract-{archive.name}-"
@@ -188,8 +189,18 @@ def extract(archive, dest_dir):
             _merge(entry, dest_dir / entry.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    save_text(marker, f"{archive.resolve()}\n")
+    save_text(_marker(archive.name, dest_dir), f"{stamp or archive.resolve()}\n")
     return dest_dir
+
+
+def _marker(filename, dest_dir):
+    return Path(dest_dir) / f".extracted-{filename}"
+
+
+def extracted(filename, dest_dir, stamp=None):
+    """Whether the archive `filename` (with `stamp`, when given) was extracted into `dest_dir`."""
+    marker = _marker(filename, dest_dir)
+    return marker.exists() and (stamp is None or marker.read_text().strip() == stamp)
 
 
 FETCH_ORDER = ("trainval", "sbd", "test")
@@ -200,26 +211,38 @@ EXPECTED_DIRS = {  # what each archive must leave in out_dir
 }
 
 
+def archive_ids(settings):
+    """{name: md5 (or url where the config gives none)} of each archive `fetch_voc` fetches:
+    what its output is made of. Where the archives come from (mirror) and where they are
+    kept (download_dir) does not change it; the workflow reruns fetch_voc when it changes."""
+    ids = {}
+    for name in FETCH_ORDER:
+        if name == "test" and not settings["test_split"]:
+            continue
+        spec = settings["archives"].get(name)
+        if spec is None:
+            raise KeyError(f"settings archives.{name} is missing")
+        for key in ("url", "md5", "filename"):
+            if key not in spec:
+                raise KeyError(f"settings archives.{name}.{key} is missing")
+        ids[name] = spec["md5"].lower() if spec["md5"] else spec["url"]
+    return ids
+
+
 def fetch_voc(out_dir, settings):
     """Download and extract VOC 2012 trainval, SBD (and the VOC 2012 test set) into `out_dir`.
 
     Archives are kept in settings["download_dir"] (optional; default `out_dir/downloads`).
-    They may be deleted once extracted: an archive whose extraction marker exists in
-    `out_dir` is not fetched again. Returns the paths the split builder needs:
+    They may be deleted once extracted: an archive whose extraction marker in `out_dir`
+    records its md5 (`archive_ids`) is not fetched again. Returns the paths the split builder needs:
     {"voc_root": out_dir/VOCdevkit/VOC2012, "sbd_root": out_dir/benchmark_RELEASE/dataset}.
     """
     out_dir = Path(out_dir)
     archives = settings["archives"]
     download_dir = Path(settings.get("download_dir") or out_dir / "downloads")
-    names = [n for n in FETCH_ORDER if n != "test" or settings["test_split"]]
-    for name in names:
-        if name not in archives:
-            raise KeyError(f"settings archives.{name} is missing")
+    for name, stamp in archive_ids(settings).items():
         spec = archives[name]
-        for key in ("url", "md5", "filename"):
-            if key not in spec:
-                raise KeyError(f"settings archives.{name}.{key} is missing")
-        if (out_dir / f".extracted-{spec['filename']}").exists() and \
+        if extracted(spec["filename"], out_dir, stamp) and \
                 (out_dir / EXPECTED_DIRS[name]).exists():
             continue  # extracted before: the archive itself may have been deleted
         if spec["md5"] is None:
@@ -229,7 +252,7 @@ def fetch_voc(out_dir, settings):
         archive = download(spec["url"], download_dir / spec["filename"],
                            md5=spec["md5"], mirror=settings["mirror"])
         print(f"extracting {archive} into {out_dir}", file=sys.stderr, flush=True)
-        extract(archive, out_dir)
+        extract(archive, out_dir, stamp)
         expected = out_dir / EXPECTED_DIRS[name]
         if not expected.exists():
             raise FileNotFoundError(f"{archive} extracted without {expected}: "

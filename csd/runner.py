@@ -46,34 +46,6 @@ def shard(ids, index, count):
     return list(ids)[index::count]
 
 
-def module_closure(package_dir, modules):
-    """Paths of the package modules `modules` and of every package module they import,
-    transitively: what a stage runs, so that a rule can declare it as input code."""
-    import ast
-    from pathlib import Path
-
-    package_dir = Path(package_dir)
-    name = package_dir.name
-    seen, todo = set(), list(modules)
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        path = package_dir / f"{module}.py"
-        if not path.exists():
-            raise FileNotFoundError(f"no module {name}.{module} ({path})")
-        seen.add(module)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.ImportFrom) and node.module == name:
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith(name + "."):
-                todo.append(node.module.split(".")[1])
-            elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names
-                         if a.name.startswith(name + ".")]
-    return sorted(str(package_dir / f"{m}.py") for m in seen)
-
-
 def optional_input(files):
     """The single file of a rule input that may be empty (e.g. the classifier a backbone
     starts from, which MCTformer runs do not give), or None."""

@@ -1,4 +1,5 @@
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -80,9 +81,26 @@ def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, sn
     return proc
 
 
+def planned_jobs(proc):
+    """{(rule, method)} of a dry run's jobs (method None for jobs without that wildcard)."""
+    jobs = set()
+    for block in re.split(r"^rule ", proc.stdout + proc.stderr, flags=re.M)[1:]:
+        rule = block.split(":", 1)[0].strip()
+        method = re.search(r"wildcards: .*?method=(\w+)", block)
+        jobs.add((rule, method.group(1) if method else None))
+    return jobs
+
+
 def write_config(path, overrides):
     Path(path).write_text(yaml.safe_dump(overrides, sort_keys=False))
     return path
+
+
+def copy_repo(source, dest, fresh_dates=False):
+    """A copy of the repository's source (not its runs); fresh_dates: as `cp -r` gives."""
+    return shutil.copytree(source, dest, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"),
+        copy_function=shutil.copyfile if fresh_dates else shutil.copy2)
 
 
 @pytest.fixture(scope="session")
@@ -90,9 +108,7 @@ def tiny_run(tmp_path_factory):
     """TINY run locally at --cores 2 from a private copy of the repository (so tests may edit
     its modules); shared by the pipeline tests and the SLURM test's comparison."""
     base = tmp_path_factory.mktemp("pipeline")
-    repo = base / "repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"))
+    repo = copy_repo(REPO, base / "repo")
     work = base / "work"
     work.mkdir()
     config = write_config(base / "tiny.yaml", TINY)

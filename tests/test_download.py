@@ -289,7 +289,9 @@ def test_fetch_voc_end_to_end(tmp_path, caplog):
         assert requests == []
 
 
-def test_fetch_voc_without_test_split_from_mirror(tmp_path):
+def fetched_from_mirror(tmp_path):
+    """fetch_voc without the test split from tmp_path/mirror, archives kept in
+    tmp_path/archives, into tmp_path/data: (the archives' bytes, settings, data folder)."""
     mirror = tmp_path / "mirror"
     blobs = voc_archives(mirror)
     settings = voc_settings("http://127.0.0.1:9", blobs, test_md5=None, mirror=mirror,
@@ -297,6 +299,11 @@ def test_fetch_voc_without_test_split_from_mirror(tmp_path):
     settings["download_dir"] = str(tmp_path / "archives")
     out = tmp_path / "data"
     fetch_voc(out, settings)
+    return blobs, settings, out
+
+
+def test_fetch_voc_without_test_split_from_mirror(tmp_path):
+    _, _, out = fetched_from_mirror(tmp_path)
     assert (out / "benchmark_RELEASE" / "dataset" / "train.txt").exists()
     assert not (out / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "test.txt").exists()
     assert sorted(p.name for p in (tmp_path / "archives").iterdir()) == ["VOCtrainval.tar",
@@ -314,3 +321,17 @@ def test_fetch_voc_wrong_archive_is_named(tmp_path):
                             test_split=False)
     with pytest.raises(FileNotFoundError, match=r"VOCtrainval.tar.*archives.trainval"):
         fetch_voc(tmp_path / "data", settings)
+
+
+def test_fetch_voc_extracts_an_archive_with_another_md5_again(tmp_path):
+    """The extraction marker records the archive's md5: a new archive under the same name
+    (its md5 changed in the config) is fetched and extracted, not taken as done."""
+    blobs, settings, out = fetched_from_mirror(tmp_path)
+    assert (out / ".extracted-VOCtrainval.tar").read_text().strip() == md5(blobs["trainval"])
+    new = make_tar(tmp_path / "mirror" / "VOCtrainval.tar", {
+        "VOCdevkit/VOC2012/JPEGImages/2007_000033.jpg": b"jpg"}).read_bytes()
+    settings["archives"]["trainval"]["md5"] = md5(new)
+    fetch_voc(out, settings)
+    jpegs = out / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    assert sorted(p.name for p in jpegs.iterdir()) == ["2007_000032.jpg", "2007_000033.jpg"]
+    assert (out / ".extracted-VOCtrainval.tar").read_text().strip() == md5(new)

@@ -2,12 +2,11 @@
 subprocess, then what a changed setting or an edited stage module reruns."""
 
 import json
-import re
 import tarfile
 
 import pytest
 
-from tests.conftest import TINY, snakemake, write_config
+from tests.conftest import TINY, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
 
@@ -15,16 +14,6 @@ SEGMENTATION = {"train_seg", "infer_seg", "merge_shards", "eval_seg", "test_arch
                 "overlays"}
 DOWNSTREAM_OF_MAKE_CAM = {"make_cam", "merge_shards", "eval_cam", "cam_to_ir_label",
                           "train_irn", "make_sem_seg", "eval_sem_seg"} | SEGMENTATION
-
-
-def planned_jobs(proc):
-    """{(rule, method)} of a dry run's jobs (method None for jobs without that wildcard)."""
-    jobs = set()
-    for block in re.split(r"^rule ", proc.stdout + proc.stderr, flags=re.M)[1:]:
-        rule = block.split(":", 1)[0].strip()
-        method = re.search(r"wildcards: .*?method=(\w+)", block)
-        jobs.add((rule, method.group(1) if method else None))
-    return jobs
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +120,11 @@ def test_csd_setting_reruns_only_the_csd_method(run):
 
 
 def jobs_after_editing(run, module):
-    """The dry run's jobs once `module` (in the run's repo copy) has been edited."""
+    """The dry run's jobs once `module` (in the run's repo copy) has been edited (its code:
+    an edited comment reruns nothing, tests/test_rerun.py)."""
     path = run["repo"] / module
     original = path.read_text()
-    path.write_text(original + "\n# edited\n")
+    path.write_text(original + "\n_EDITED = True\n")
     try:
         proc = snakemake(run["work"], "-n", configs=[run["config"]],
                          snakefile=run["repo"] / "Snakefile")

@@ -41,23 +41,6 @@ def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
             assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
 
 
-def test_stage_code_inputs_follow_imports(tmp_path):
-    from csd.runner import module_closure
-
-    pkg = tmp_path / "pkg"
-    pkg.mkdir()
-    (pkg / "stage.py").write_text("import os\nfrom pkg.helper import f\nfrom pkg import util\n")
-    (pkg / "helper.py").write_text("import pkg.deep\n")
-    (pkg / "util.py").write_text("")
-    (pkg / "deep.py").write_text("")
-    (pkg / "unused.py").write_text("")
-    names = [p.rsplit("/", 1)[1] for p in module_closure(pkg, ["stage"])]
-    assert names == ["deep.py", "helper.py", "stage.py", "util.py"]
-    real = [p.rsplit("/", 1)[1] for p in module_closure(REPO / "csd", ["make_sem_seg"])]
-    assert {"make_sem_seg.py", "random_walk.py", "irn.py", "backbone.py"} <= set(real)
-    assert "train_cam.py" not in real
-
-
 def gpu_rules():
     """Rules that declare `resources: gpu=1` in workflow/rules/*.smk."""
     rules = set()
@@ -104,3 +87,24 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     block = text[text.index("rule eval_cam:"):]
     block = block[:block.index("Shell command")]  # a CPU rule: the default resources
     assert "slurm_partition=cpu" in block and "mem_mb=8000" in block and "gpu" not in block
+
+
+def test_every_rule_hashes_the_script_it_runs_as_its_code():
+    """A rule's `code` param (common.smk, code_of) names the rule's own script; fetch_voc
+    has none: its archives alone decide whether it reruns (tests/test_rerun.py)."""
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    rules = 0
+    for path in (REPO / "workflow/rules").glob("*.smk"):
+        for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
+            name, body = block.split(":", 1)
+            script = re.search(r'script:\s+"\.\./scripts/(\w+)\.py"', body).group(1)
+            code = re.search(r"^ +code=(.*),$", body, re.M)
+            rules += 1
+            if name == "fetch_voc":
+                assert code is None and "code_of" not in body
+                continue
+            expr = code.group(1)
+            if re.fullmatch(r"\w+", expr):  # a function of common.smk
+                expr = common[common.index(f"def {expr}("):].split("\ndef ", 1)[0]
+            assert f'code_of("{script}"' in expr, (name, expr)
+    assert rules >= 18

@@ -1,7 +1,8 @@
 # Paths and helpers shared by every rule file.
 from pathlib import Path
 
-from csd.runner import module_closure
+from csd.codehash import code_version
+from csd.download import archive_ids, md5sum
 
 REPO = Path(workflow.basedir)
 DATA = config["data_dir"]
@@ -16,7 +17,7 @@ ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
 
 # How each method trains its classifier: `base` is the method whose round-0 pseudo masks
 # (same seed) it trains on, `regime` the config section with its extra settings, `module`
-# the csd module that trains it (its code is the rule's code input), `classifier` the
+# the csd module that trains it (part of the rule's code identity), `classifier` the
 # network (CLASSIFIERS). Everything after the CAMs is the same for every method.
 METHODS = {
     "irn": {"base": None, "regime": None, "module": "train_cam", "classifier": "cam"},
@@ -49,17 +50,22 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def pkg(*modules):
-    """The package modules a stage runs (with everything they import from csd), declared
-    as inputs so that editing one reruns the stages that use it."""
-    return module_closure(REPO / "csd", modules)
+def code_of(script, *modules):
+    """A rule's code identity, as a param: the hash of workflow/scripts/<script>.py and of the
+    csd modules it runs (those it imports, `modules` where it picks one in a branch, and
+    their csd imports), comments and docstrings left out (csd/codehash.py). Not file
+    inputs: those would rerun every stage on a comment edit or on new file dates."""
+    return code_version(REPO / "csd", modules, [REPO / "workflow" / "scripts" / f"{script}.py"])
 
 
-def dataset_dir():
-    """The directory a data rule produces, or the user's extracted VOC tree."""
+def dataset_input():
+    """What build_splits reads: the download's record (fetch_voc), the synthetic tree, or
+    the user's extracted VOC tree."""
     voc = config["dataset"]["voc"]
     if DATASET == "voc" and voc["voc_root"]:
         return voc["voc_root"]
+    if DATASET == "voc":
+        return f"{DATA}/voc/fetched.json"
     return f"{DATA}/{DATASET}"
 
 
@@ -118,8 +124,10 @@ def classifier_settings(w):
 
 
 def classifier_code(w):
-    """The modules that train a method's classifier (its own, and its classifier kind's)."""
-    return pkg(METHODS[w.method]["module"], CLASSIFIERS[classifier_of(w)]["module"])
+    """train_cam's code: the modules that train the method's classifier (its own, and its
+    classifier kind's), not those of the other methods."""
+    return code_of("train_cam", METHODS[w.method]["module"],
+                   CLASSIFIERS[classifier_of(w)]["module"])
 
 
 def resnet_stage_settings(stage):
@@ -234,10 +242,17 @@ def table_runs(w):
     ]
 
 
-def literature():
-    """The published-numbers CSV; a relative path is read from the repository."""
+def literature(w):
+    """The published-numbers CSV, as a param: its path as configured (a relative one is in
+    the repository: the script resolves it, so that a copy of the checkout changes nothing)
+    and its md5, which reruns the table when the file changes. Not an input, whose file
+    date would rerun the table after a fresh checkout."""
     path = config["table"]["literature"]
-    return [str(REPO / path)] if path else []
+    if not path:
+        return None
+    if not (REPO / path).is_file():
+        raise FileNotFoundError(f"table.literature: no file {REPO / path}")
+    return {"path": path, "md5": md5sum(REPO / path)}
 
 
 def table_inputs(w):

@@ -6,13 +6,14 @@ localrules:
     cam_cells,
 
 
+# Its output is a record of which archives (by md5) are in data/voc, not the directory: the
+# archives alone decide whether it reruns (no code param), and a rerun does not delete the
+# tree (Snakemake removes a job's outputs first); fetch_voc skips what is extracted already.
 rule fetch_voc:
     output:
-        directory(f"{DATA}/voc"),
-    input:
-        code=pkg("download"),
+        record=f"{DATA}/voc/fetched.json",
     params:
-        settings=config["dataset"]["voc"],
+        archives=archive_ids(config["dataset"]["voc"]),
     log:
         f"{LOGS}/data/fetch_voc.log",
     conda:
@@ -24,9 +25,8 @@ rule fetch_voc:
 rule make_toyvoc:
     output:
         directory(f"{DATA}/toyvoc"),
-    input:
-        code=pkg("toyvoc"),
     params:
+        code=code_of("make_toyvoc"),
         settings=config["dataset"]["toyvoc"],
     log:
         f"{LOGS}/data/make_toyvoc.log",
@@ -47,9 +47,9 @@ rule build_splits:
         stats=f"{SPLITS}/stats.json",
         **({"test": f"{SPLITS}/test.txt"} if has_test_split() else {}),
     input:
-        data=dataset_dir(),
-        code=pkg("splits"),
+        data=dataset_input(),
     params:
+        code=code_of("build_splits"),
         voc_root=voc_root(),
         sbd_root=sbd_root(),
         settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
@@ -69,9 +69,9 @@ rule cam_cells:
         f"{RESULTS}/cam_cells.json",
     input:
         ids=f"{SPLITS}/train.txt",
-        data=dataset_dir(),
-        code=pkg("cam_cells"),
+        data=dataset_input(),
     params:
+        code=code_of("cam_cells"),
         voc_root=voc_root(),
         settings={"resize_long": config["train_cam"]["resize_long"],
                   "crop": config["train_cam"]["crop"],

@@ -16,8 +16,8 @@ rule train_cam:
         labels=f"{SPLITS}/labels.csv",
         round0=round0_masks,
         pretrained=classifier_pretrained,
-        code=classifier_code,
     params:
+        code=classifier_code,
         voc_root=voc_root(),
         regime=lambda w: METHODS[w.method]["regime"],
         classifier=classifier_of,
@@ -43,8 +43,8 @@ rule make_cam:
         model=f"{RUN}/cam_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
-        code=lambda w: pkg("make_cam", CLASSIFIERS[classifier_of(w)]["module"]),
     params:
+        code=lambda w: code_of("make_cam", CLASSIFIERS[classifier_of(w)]["module"]),
         voc_root=voc_root(),
         settings=lambda w: for_classifier("make_cam", classifier_of(w)),
         classifier=classifier_of,
@@ -68,9 +68,10 @@ rule merge_shards:
         directory(f"{RUN}/{{kind}}/all"),
     input:
         shards=lambda w: shard_dirs(w.kind)(w),
-        code=pkg("store"),
     wildcard_constraints:
         kind="|".join(SHARDED),
+    params:
+        code=code_of("merge_shards"),
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/merge_{{kind}}.log",
     conda:
@@ -85,8 +86,8 @@ rule eval_cam:
     input:
         cams=f"{RUN}/cam/all",
         ids=f"{SPLITS}/train.txt",
-        code=pkg("metrics"),
     params:
+        code=code_of("eval_cam"),
         voc_root=voc_root(),
         settings=config["eval_cam"],
     log:
@@ -103,8 +104,8 @@ rule cam_to_ir_label:
     input:
         cams=f"{RUN}/cam/all",
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("ir_label"),
     params:
+        code=code_of("cam_to_ir_label"),
         voc_root=voc_root(),
         settings=config["cam_to_ir_label"],
         shard=shard_of("cam_to_ir_label"),
@@ -128,8 +129,8 @@ rule train_irn:
         cam_model=warm_start_model("train_irn"),
         pretrained=pretrained_input("train_irn"),
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("train_irn"),
     params:
+        code=code_of("train_irn"),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_irn"),
         lock_dir=config["gpu_lock_dir"],
@@ -153,8 +154,8 @@ rule make_sem_seg:
         cams=f"{RUN}/cam/all",
         model=f"{RUN}/irn_model.pt",
         ids=f"{SPLITS}/train_aug.txt",
-        code=pkg("make_sem_seg"),
     params:
+        code=code_of("make_sem_seg"),
         voc_root=voc_root(),
         # the edge network's input is padded to the crop it was trained on
         settings={**config["make_sem_seg"], "crop": config["train_irn"]["crop"]},
@@ -179,8 +180,8 @@ rule eval_sem_seg:
     input:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train.txt",
-        code=pkg("metrics"),
     params:
+        code=code_of("eval_sem_seg"),
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
     log:

@@ -8,9 +8,8 @@ rule pretrain_backbone:
         backbone=PRETRAINED,
         model=f"{DATA}/pretrain/pretrain_model.pt",
         history=f"{DATA}/pretrain/pretrain_history.json",
-    input:
-        code=pkg("pretrain"),
     params:
+        code=code_of("pretrain_backbone"),
         settings=pretrain_settings(),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
         lock_dir=config["gpu_lock_dir"],

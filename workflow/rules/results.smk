@@ -15,10 +15,10 @@ rule table:
         html=report(f"{RESULTS}/table.html", category="Results", labels={"figure": "table"}),
     input:
         runs=table_inputs,
-        literature=literature(),
-        code=pkg("table"),
     params:
+        code=code_of("table"),
         runs=table_runs,
+        literature=literature,
     log:
         f"{LOGS}/table.log",
     conda:
@@ -42,8 +42,8 @@ rule figures:
     input:
         per_class=f"{RESULTS}/table_per_class.csv",
         histories=lambda w: [h["path"] for h in histories()],
-        code=pkg("figures"),
     params:
+        code=code_of("figures"),
         histories=lambda w: histories(),
     log:
         f"{LOGS}/figures.log",
@@ -65,8 +65,8 @@ rule overlays:
         masks=f"{RUN}/mask/all",
         seg_model=f"{RUN}/seg_model.pt",
         ids=f"{SPLITS}/train.txt",
-        code=pkg("figures"),
     params:
+        code=code_of("overlays"),
         voc_root=voc_root(),
         n_images=config["report"]["overlay_images"],
         settings={"bg_threshold": config["eval_cam"]["bg_threshold"],

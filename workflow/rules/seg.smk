@@ -16,8 +16,8 @@ rule train_seg:
         ids=f"{SPLITS}/train_aug.txt",
         cam_model=warm_start_model("train_seg"),
         pretrained=pretrained_input("train_seg"),
-        code=pkg("train_seg"),
     params:
+        code=code_of("train_seg"),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_seg"),
         lock_dir=config["gpu_lock_dir"],
@@ -41,8 +41,8 @@ rule infer_seg:
     input:
         model=f"{RUN}/seg_model.pt",
         ids=f"{SPLITS}/{{split}}.txt",
-        code=pkg("infer_seg"),
     params:
+        code=code_of("infer_seg"),
         voc_root=voc_root(),
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
@@ -68,8 +68,8 @@ rule eval_seg:
     input:
         masks=f"{RUN}/pred_{{variant}}/all",
         ids=f"{SPLITS}/val.txt",
-        code=pkg("metrics"),
     params:
+        code=code_of("eval_sem_seg"),
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
     wildcard_constraints:
@@ -88,7 +88,8 @@ rule test_archive:
     input:
         preds=f"{RUN}/pred_test_crf/all",
         ids=f"{SPLITS}/test.txt",
-        code=pkg("infer_seg"),
+    params:
+        code=code_of("test_archive"),
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/test_archive.log",
     conda:

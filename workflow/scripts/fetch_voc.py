@@ -1,8 +1,15 @@
 import sys
+from pathlib import Path
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.download import fetch_voc
+from csd.io import save_json
 from csd.runner import job
 
+# The config, not params: only the archives' identity (params.archives) may rerun this rule;
+# where they come from and where they are kept may change freely.
+settings = snakemake.config["dataset"]["voc"]
+record = Path(snakemake.output.record)
 with job(snakemake):
-    fetch_voc(snakemake.output[0], snakemake.params.settings)
+    fetch_voc(record.parent, settings)
+    save_json(record, snakemake.params.archives)  # last: the tree is complete
