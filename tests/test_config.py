@@ -47,6 +47,7 @@ def test_published_demo_and_benchmark_configs_validate():
     ({"dataset": {"toyvoc": {"n_train": "many"}}}, "dataset.toyvoc.n_train", "not of type"),
     ({"dataset": {"name": "coco"}}, "dataset.name", "coco"),
     ({"seeds": [0, -1]}, "seeds.1", "minimum"),
+    ({"dataset": {"allow_empty": ["train"]}}, "dataset.allow_empty.0", "'train' is not one of"),
     ({"dataset": {"voc": {"archives": {"sbd": {"md5": "xyz"}}}}},
      "dataset.voc.archives.sbd.md5", "xyz"),
 ])

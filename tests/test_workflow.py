@@ -104,3 +104,23 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
     block = text[text.index("rule eval_cam:"):]
     block = block[:block.index("Shell command")]  # a CPU rule: the default resources
     assert "slurm_partition=cpu" in block and "mem_mb=8000" in block and "gpu" not in block
+
+
+def test_an_empty_train_list_stops_the_run_in_build_splits(tmp_path):
+    # Before any training (issue: an empty train.txt ran the whole DAG and died in overlays).
+    from tests.conftest import write_config
+    from tests.test_splits import make_dataset
+
+    voc, sbd = make_dataset(tmp_path / "data")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("")
+    config = write_config(tmp_path / "c.yaml", {"dataset": {"name": "voc", "voc": {
+        "voc_root": str(voc), "sbd_root": str(sbd), "expected_counts": None}}})
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, "--cores", "1", configs=[config], check=False)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert re.search(r"^  \S+/ImageSets/Segmentation/train.txt: the split lists no images$",
+                     log, re.M), log
+    assert not (work / "data" / "splits").exists() or not any((work / "data" / "splits").rglob("*.txt"))
+    assert not (work / "results").exists()

@@ -52,7 +52,9 @@ rule build_splits:
         voc_root=voc_root(),
         sbd_root=sbd_root(),
         settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
-                  if DATASET == "voc" else None, "test_split": has_test_split()},
+                  if DATASET == "voc" else None, "test_split": has_test_split(),
+                  "allow_empty": config["dataset"]["allow_empty"]},
+    threads: 4  # decoding every image once: threads help (capped at --cores)
     log:
         f"{LOGS}/data/build_splits.log",
     conda:

@@ -46,6 +46,7 @@ rule infer_seg:
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
         lock_dir=config["gpu_lock_dir"],
+        allow_empty=lambda w: may_be_empty(w.split),
     wildcard_constraints:
         split="val|test",
     threads: shard_threads("infer_seg")
@@ -71,6 +72,7 @@ rule eval_seg:
     params:
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
+        allow_empty=may_be_empty("val"),
     wildcard_constraints:
         variant="val|val_crf",
     log:
@@ -88,6 +90,8 @@ rule test_archive:
         preds=f"{RUN}/pred_test_crf/all",
         ids=f"{SPLITS}/test.txt",
         code=pkg("infer_seg"),
+    params:
+        allow_empty=may_be_empty("test"),
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/test_archive.log",
     conda:

@@ -7,7 +7,7 @@ from csd.runner import job, shard
 from csd.voc import read_ids
 
 with job(snakemake):
-    ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)
+    ids = shard(read_ids(snakemake.input.ids, snakemake.params.allow_empty), *snakemake.params.shard)
     infer_deeplab(snakemake.params.voc_root, ids, snakemake.input.model, snakemake.output.raw,
                   snakemake.output.crf, snakemake.params.settings,
                   device=claim_device(snakemake.params.lock_dir))
