@@ -63,8 +63,10 @@ def save_png(path, array, palette=None):
 def save_torch(path, obj):
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object: given a path, torch.save names the zip's inner folder after it
+    # (here the random temporary name), and identical states would give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def pending(stage, ids, out_dirs, suffix=".png"):
