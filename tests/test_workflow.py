@@ -122,5 +122,6 @@ def test_an_empty_train_list_stops_the_run_in_build_splits(tmp_path):
     log = proc.stdout + proc.stderr
     assert re.search(r"^  \S+/ImageSets/Segmentation/train.txt: the split lists no images$",
                      log, re.M), log
-    assert not (work / "data" / "splits").exists() or not any((work / "data" / "splits").rglob("*.txt"))
+    splits = work / "data" / "splits"
+    assert not splits.exists() or not any(splits.rglob("*.txt"))
     assert not (work / "results").exists()
