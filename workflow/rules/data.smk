@@ -54,7 +54,8 @@ rule build_splits:
         settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
                   if DATASET == "voc" else None, "test_split": has_test_split(),
                   "allow_empty": config["dataset"]["allow_empty"]},
-    threads: 4  # decoding every image once: threads help (capped at --cores)
+    # decoding every image once; within --cores also on SLURM (the test node has 2 CPUs)
+    threads: min(4, workflow.cores)
     log:
         f"{LOGS}/data/build_splits.log",
     conda:
