@@ -264,8 +264,8 @@ def test_damaged_images_are_named_one_per_line(tmp_path):
     Image.new("P", (9, 6), 0).save(pngs / "2007_000033.png")  # its JPEG is 8 x 6
     png = (pngs / "2009_000010.png").read_bytes()
     (pngs / "2009_000010.png").write_bytes(png[: len(png) // 2])  # truncated PNG
-    with pytest.raises(ValueError) as err:
-        build_splits(voc, sbd, tmp_path / "splits", SETTINGS)
+    with pytest.raises(ValueError) as err:  # two threads: warnings still find their image
+        build_splits(voc, sbd, tmp_path / "splits", dict(SETTINGS, workers=2))
     message = str(err.value)
     lines_ = message.splitlines()
     assert "5 problems" in lines_[0]
