@@ -3,12 +3,16 @@
 #   snakemake --cores 2 --configfile config/demo.yaml           (built-in synthetic benchmark)
 from snakemake.utils import min_version
 
-from csd.config import validate_config
+from csd.config import load_config_file, validate_config
 
 min_version("9.19")
 
 
 # The published defaults; --configfile files given on the command line override keys of it.
+# Read by csd.config first: Snakemake's own message for a YAML error names no file or line.
+load_config_file(f"{workflow.basedir}/config/config.yaml")
+
+
 configfile: f"{workflow.basedir}/config/config.yaml"
 
 

@@ -20,7 +20,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from csd.config import load_config  # noqa: E402
+from csd.config import check_config_files  # noqa: E402
 from csd.decoupling import train_cam_csd  # noqa: E402
 from csd.make_cam import make_cams  # noqa: E402
 from csd.metrics import eval_seeds  # noqa: E402
@@ -38,7 +38,7 @@ def main():
                         help="train_cam.KEY=JSON_VALUE, e.g. train_cam.epochs=10")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(REPO, REPO / args.config)
+    config = check_config_files([REPO / args.config])
     settings = dict(config["train_cam"], seed=args.seed,
                     csd={**config["csd"], **json.loads(args.csd)})
     for item in args.set:

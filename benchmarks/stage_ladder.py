@@ -26,7 +26,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from csd.config import load_config  # noqa: E402
+from csd.config import check_config_files  # noqa: E402
 from csd.io import load_json  # noqa: E402
 from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
 from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
@@ -65,7 +65,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = load_config(REPO, REPO / args.config)
+    config = check_config_files([REPO / args.config])
     work = Path(args.workdir)
     run = work / config["results_dir"] / args.method / f"seed{args.seed}"
     dataset = config["dataset"]["name"]

@@ -10,17 +10,6 @@ class ConfigError(ValueError):
     pass
 
 
-def load_config(repo, *overrides):
-    """config/config.yaml of `repo` deep-updated with each override file in turn, as
-    `snakemake --configfile` merges them (for scripts that run outside the DAG)."""
-    from snakemake.utils import update_config
-
-    config = yaml.safe_load((Path(repo) / "config/config.yaml").read_text())
-    for path in overrides:
-        update_config(config, yaml.safe_load(Path(path).read_text()) or {})
-    return config
-
-
 def validate_config(config, schema_path):
     """Check `config` against the JSON schema; fill defaults via Snakemake's validator.
 
@@ -38,3 +27,63 @@ def validate_config(config, schema_path):
 
     validate(config, str(schema_path), set_default=True)
     return config
+
+
+def load_config_file(path):
+    """A YAML config file as a dict. A missing file, a YAML syntax error (with its line and
+    column) or a file that is not a mapping of keys -> ConfigError naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        # e.g. an unclosed bracket is found at the end; its context says where it opened
+        context = (f" ({err.context} at line {err.context_mark.line + 1})"
+                   if err.context and err.context_mark else "")
+        raise ConfigError(f"{path}, line {mark.line + 1}, column {mark.column + 1}: "
+                          f"YAML error: {err.problem or err.context}{context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: YAML error: {err}") from None
+    if data is None:  # an empty file overrides nothing
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds a mapping of keys, not a "
+                          f"{type(data).__name__}")
+    return data
+
+
+def check_config_files(paths, repo=Path(__file__).resolve().parents[1]):
+    """The configuration `snakemake --configfile PATHS...` would run with (config/config.yaml
+    deep-updated by each file, as Snakemake merges them), validated; ConfigError otherwise."""
+    from snakemake.utils import update_config
+
+    config = load_config_file(repo / "config" / "config.yaml")
+    for path in paths:
+        update_config(config, load_config_file(path))
+    return validate_config(config, repo / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def main(argv=None):
+    """`python -m csd.config [FILE...]`: check config files before a run, one line per
+    problem (Snakemake itself reports a missing or malformed --configfile without its name
+    or line)."""
+    import sys
+
+    paths = sys.argv[1:] if argv is None else argv
+    try:
+        check_config_files(paths)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"ok: config/config.yaml{''.join(f' + {p}' for p in paths)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

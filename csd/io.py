@@ -63,8 +63,10 @@ def save_png(path, array, palette=None):
 def save_torch(path, obj):
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Through a file object: given a path, torch.save names the zip's inner folder after it
+    # (here the random temporary name), and identical states would give different bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def pending(stage, ids, out_dirs, suffix=".png"):
@@ -76,3 +78,46 @@ def pending(stage, ids, out_dirs, suffix=".png"):
         print(f"{stage}: {len(ids) - len(todo)} of {len(ids)} images already done, skipped",
               file=sys.stderr)
     return todo
+
+
+def job_key(inputs, settings):
+    """What a per-image job's outputs depend on: its settings and its input files' and
+    directories' sizes and modification times (a rerun of an upstream stage rewrites them)."""
+    stats = []
+    for path in sorted(map(str, inputs)):
+        info = os.stat(path)
+        stats.append([path, info.st_size, info.st_mtime_ns])
+    return json.dumps({"settings": settings, "inputs": stats}, sort_keys=True, default=str)
+
+
+@contextmanager
+def resumable_dirs(out_dirs, key):
+    """Per-image output directories that survive a killed job.
+
+    Snakemake removes a job's output before rerunning it, so each directory is filled as its
+    hidden sibling `.<name>.partial` (where `pending` finds the images already done) and
+    renamed onto the output when the block succeeds. `key` (`job_key`) is kept with the
+    images: a rerun with other inputs or settings starts over, never mixing old images in.
+    """
+    import shutil
+
+    outs = [Path(d) for d in out_dirs]
+    works = [out.parent / f".{out.name}.partial" for out in outs]
+    for work in works:
+        stamp = work / ".key"
+        if work.exists() and not (stamp.is_file() and stamp.read_text() == key):
+            shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(key)
+    yield works
+    for out, work in zip(outs, works):
+        (work / ".key").unlink()
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+
+
+def resumable_outputs(smk):
+    """`resumable_dirs` of a Snakemake job's output directories (in their order), keyed by
+    its inputs and params."""
+    return resumable_dirs(list(smk.output), job_key(list(smk.input), dict(smk.params.items())))

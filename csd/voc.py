@@ -30,9 +30,32 @@ def palette():
     return pal.flatten().tolist()
 
 
-def read_ids(path):
-    """Image ids of a split list, as strings (VOC ids like 2007_000032 are not numbers)."""
-    return [line.split()[0] for line in Path(path).read_text().splitlines() if line.strip()]
+def parse_ids(path):
+    """(ids, problems) of a split list: one id per non-blank line, as strings (VOC ids like
+    2007_000032 are not numbers). A line that is not a single word, or an id that could
+    leave the dataset tree (ids become file names), is a problem naming the file and line."""
+    ids, problems = [], []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        words = line.split()
+        if not words:
+            continue
+        if len(words) > 1 or "/" in words[0] or "\\" in words[0] or words[0] in (".", ".."):
+            problems.append(f"{path}, line {number}: {line.strip()!r} is not one image id")
+        else:
+            ids.append(words[0])
+    return ids, problems
+
+
+def read_ids(path, allow_empty=False):
+    """Image ids of a split list. A bad line, or an empty list unless `allow_empty` (a val or
+    test split the configuration allows to be empty), is an error naming the list: a stage
+    never runs on nothing."""
+    ids, problems = parse_ids(path)
+    if problems:
+        raise ValueError("\n".join(problems))
+    if not ids and not allow_empty:
+        raise ValueError(f"{path}: the split lists no images")
+    return ids
 
 
 def write_labels_csv(path, labels):

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from csd.splits import build_splits
-from csd.voc import CLASSES, load_labels
+from csd.voc import CLASSES, load_labels, read_ids
 
 # id -> object names in its XML ("person+head" = a person with a <part> named head)
 OBJECTS = {
@@ -197,3 +197,105 @@ def test_unknown_expected_split_names_key(tmp_path):
     voc, sbd = make_dataset(tmp_path / "data")
     with pytest.raises(ValueError, match="expected_counts.*'trainaug'"):
         build_splits(voc, sbd, tmp_path / "splits", {"expected_counts": {"trainaug": 1}})
+
+
+def noisy_jpeg(path, size=(64, 48), seed=0):
+    """A JPEG whose entropy-coded data is long enough to damage in the middle."""
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+        path, quality=90)
+    return path.read_bytes()
+
+
+def split_files(out):
+    return sorted(p.name for p in out.glob("*")) if out.exists() else []
+
+
+@pytest.mark.parametrize("name", ["train", "val"])
+def test_empty_list_names_the_list(tmp_path, name):
+    voc, sbd = make_dataset(tmp_path / "data")
+    (voc / "ImageSets" / "Segmentation" / f"{name}.txt").write_text("\n")
+    with pytest.raises(ValueError, match=rf"{name}.txt.*no images"):
+        build_splits(voc, sbd, tmp_path / "splits", SETTINGS)
+    assert split_files(tmp_path / "splits") == []
+
+
+def test_empty_train_aug_names_the_split(tmp_path):
+    voc, _ = make_dataset(tmp_path / "data")
+    # every VOC train id is also a val id: nothing is left to train on
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(VOC_VAL) + "\n")
+    with pytest.raises(ValueError, match="train_aug.*no images"):
+        build_splits(voc, None, tmp_path / "splits", SETTINGS)
+
+
+def test_empty_val_or_test_only_when_allowed(tmp_path):
+    voc, sbd = make_dataset(tmp_path / "data")
+    lists = voc / "ImageSets" / "Segmentation"
+    (lists / "val.txt").write_text("")
+    (lists / "test.txt").write_text("")
+    with pytest.raises(ValueError, match="test.txt.*no images"):
+        build_splits(voc, sbd, tmp_path / "a", dict(SETTINGS, test_split=True,
+                                                    allow_empty=["val"]))
+    stats = build_splits(voc, sbd, tmp_path / "b", dict(SETTINGS, test_split=True,
+                                                        allow_empty=["val", "test"]))
+    assert stats["counts"]["val"] == 0 and stats["counts"]["test"] == 0
+    # an unused empty test list (toyvoc with n_test 0) is no problem
+    stats = build_splits(voc, sbd, tmp_path / "c", dict(SETTINGS, allow_empty=["val"]))
+    assert stats["counts"]["test"] == 0
+
+
+def test_id_with_a_space_names_list_and_line(tmp_path):
+    voc, sbd = make_dataset(tmp_path / "data")
+    (sbd / "train.txt").write_text("2010_000005\n\n2007 000032\n")
+    with pytest.raises(ValueError, match=r"dataset/train.txt, line 3: '2007 000032'"):
+        build_splits(voc, sbd, tmp_path / "splits", SETTINGS)
+    assert split_files(tmp_path / "splits") == []
+
+
+def test_damaged_images_are_named_one_per_line(tmp_path):
+    voc, sbd = make_dataset(tmp_path / "data")
+    jpegs, pngs = voc / "JPEGImages", voc / "SegmentationClass"
+    good = noisy_jpeg(jpegs / "2010_000005.jpg")
+    (jpegs / "2010_000005.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    data = noisy_jpeg(jpegs / "2011_000001.jpg", seed=1)
+    middle = len(data) // 2  # 64 bytes zeroed inside the entropy-coded data
+    (jpegs / "2011_000001.jpg").write_bytes(data[:middle] + bytes(64) + data[middle + 64:])
+    (pngs / "2007_000039.png").write_bytes(b"")  # zero-byte ground truth
+    Image.new("P", (9, 6), 0).save(pngs / "2007_000033.png")  # its JPEG is 8 x 6
+    png = (pngs / "2009_000010.png").read_bytes()
+    (pngs / "2009_000010.png").write_bytes(png[: len(png) // 2])  # truncated PNG
+    with pytest.raises(ValueError) as err:  # two threads: warnings still find their image
+        build_splits(voc, sbd, tmp_path / "splits", dict(SETTINGS, workers=2))
+    message = str(err.value)
+    lines_ = message.splitlines()
+    assert "5 problems" in lines_[0]
+    for expected in ["JPEGImages/2010_000005.jpg: ", "JPEGImages/2011_000001.jpg: corrupt",
+                     "SegmentationClass/2007_000039.png: ",
+                     "SegmentationClass/2007_000033.png: 9 x 6, its image is 8 x 6",
+                     "SegmentationClass/2009_000010.png: "]:
+        assert sum(expected in line for line in lines_) == 1, (expected, message)
+    assert split_files(tmp_path / "splits") == []
+
+
+def test_many_problems_are_counted_after_the_first_few(tmp_path):
+    voc, sbd = make_dataset(tmp_path / "data")
+    for image_id in [*OBJECTS, *VOC_TEST]:
+        (voc / "JPEGImages" / f"{image_id}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError) as err:
+        build_splits(voc, sbd, tmp_path / "splits", SETTINGS)
+    lines_ = str(err.value).splitlines()
+    assert "9 problems" in lines_[0]  # 8 labelled images + the test image
+    assert lines_[-1].strip() == "... and 4 more" and len(lines_) == 1 + 5 + 1
+
+
+def test_a_stage_refuses_an_empty_split_naming_it(tmp_path):
+    # what every stage script reads its ids with: an empty split never reaches a library
+    empty = tmp_path / "splits" / "train.txt"
+    empty.parent.mkdir()
+    empty.write_text("")
+    with pytest.raises(ValueError, match=r"splits/train.txt: the split lists no images"):
+        read_ids(empty)
+    assert read_ids(empty, allow_empty=True) == []
+    (tmp_path / "two.txt").write_text("2007_000032\n2007_000033 x\n")
+    with pytest.raises(ValueError, match=r"two.txt, line 2: '2007_000033 x' is not one"):
+        read_ids(tmp_path / "two.txt")

@@ -108,3 +108,24 @@ def test_every_rule_hashes_the_script_it_runs_as_its_code():
                 expr = common[common.index(f"def {expr}("):].split("\ndef ", 1)[0]
             assert f'code_of("{script}"' in expr, (name, expr)
     assert rules >= 18
+
+
+def test_an_empty_train_list_stops_the_run_in_build_splits(tmp_path):
+    # Before any training (issue: an empty train.txt ran the whole DAG and died in overlays).
+    from tests.conftest import write_config
+    from tests.test_splits import make_dataset
+
+    voc, sbd = make_dataset(tmp_path / "data")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("")
+    config = write_config(tmp_path / "c.yaml", {"dataset": {"name": "voc", "voc": {
+        "voc_root": str(voc), "sbd_root": str(sbd), "expected_counts": None}}})
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = snakemake(work, "--cores", "1", configs=[config], check=False)
+    assert proc.returncode != 0
+    log = proc.stdout + proc.stderr
+    assert re.search(r"^  \S+/ImageSets/Segmentation/train.txt: the split lists no images$",
+                     log, re.M), log
+    splits = work / "data" / "splits"
+    assert not splits.exists() or not any(splits.rglob("*.txt"))
+    assert not (work / "results").exists()

@@ -90,6 +90,11 @@ def has_test_split():
     return config["dataset"]["voc"]["test_split"]
 
 
+def may_be_empty(split):
+    """Whether the configuration allows a split to list no images (dataset.allow_empty)."""
+    return split in config["dataset"]["allow_empty"]
+
+
 def final_targets():
     overlays = [f"{RESULTS}/figures/overlays_{method}_seed{config['seeds'][0]}.png"
                 for method in config["methods"]]

@@ -53,7 +53,10 @@ rule build_splits:
         voc_root=voc_root(),
         sbd_root=sbd_root(),
         settings={"expected_counts": config["dataset"]["voc"]["expected_counts"]
-                  if DATASET == "voc" else None, "test_split": has_test_split()},
+                  if DATASET == "voc" else None, "test_split": has_test_split(),
+                  "allow_empty": config["dataset"]["allow_empty"]},
+    # decoding every image once; within --cores also on SLURM (the test node has 2 CPUs)
+    threads: min(4, workflow.cores)
     log:
         f"{LOGS}/data/build_splits.log",
     conda:

@@ -184,6 +184,7 @@ rule eval_sem_seg:
         code=code_of("eval_sem_seg"),
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
+        allow_empty=False,  # train is never empty (build_splits)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/eval_sem_seg.log",
     conda:

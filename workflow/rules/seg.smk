@@ -47,6 +47,7 @@ rule infer_seg:
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
         lock_dir=config["gpu_lock_dir"],
+        allow_empty=lambda w: may_be_empty(w.split),
     wildcard_constraints:
         split="val|test",
     threads: shard_threads("infer_seg")
@@ -72,6 +73,7 @@ rule eval_seg:
         code=code_of("eval_sem_seg"),
         voc_root=voc_root(),
         settings=config["eval_sem_seg"],
+        allow_empty=may_be_empty("val"),
     wildcard_constraints:
         variant="val|val_crf",
     log:
@@ -90,6 +92,7 @@ rule test_archive:
         ids=f"{SPLITS}/test.txt",
     params:
         code=code_of("test_archive"),
+        allow_empty=may_be_empty("test"),
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/test_archive.log",
     conda:

@@ -6,5 +6,6 @@ from csd.runner import job
 from csd.voc import read_ids
 
 with job(snakemake):
-    eval_masks(snakemake.params.voc_root, read_ids(snakemake.input.ids), [snakemake.input.masks],
+    ids = read_ids(snakemake.input.ids, snakemake.params.allow_empty)
+    eval_masks(snakemake.params.voc_root, ids, [snakemake.input.masks],
                snakemake.output[0], snakemake.params.settings)

@@ -3,13 +3,14 @@ from functools import partial
 
 sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.device import claim_device
+from csd.io import resumable_outputs
 from csd.make_cam import make_cams
 from csd.runner import job, shard
 from csd.train_cam import load_cam_net
 from csd.voc import read_ids
 
 settings = snakemake.params.settings
-with job(snakemake):
+with job(snakemake), resumable_outputs(snakemake) as (out,):
     if snakemake.params.classifier == "mct":
         from csd.train_mct import load_mct
 
@@ -18,5 +19,4 @@ with job(snakemake):
         load = load_cam_net
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)
     make_cams(snakemake.params.voc_root, ids, snakemake.input.labels, snakemake.input.model,
-              snakemake.output[0], settings, device=claim_device(snakemake.params.lock_dir),
-              load=load)
+              out, settings, device=claim_device(snakemake.params.lock_dir), load=load)

@@ -6,4 +6,5 @@ from csd.runner import job
 from csd.voc import read_ids
 
 with job(snakemake):
-    pack_test_archive(snakemake.input.preds, read_ids(snakemake.input.ids), snakemake.output[0])
+    ids = read_ids(snakemake.input.ids, snakemake.params.allow_empty)
+    pack_test_archive(snakemake.input.preds, ids, snakemake.output[0])
