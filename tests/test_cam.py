@@ -6,13 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from csd.training import Checkpoint
 from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
-from csd.make_cam import make_cams, multiscale_cam
+from csd.make_cam import make_cams, multiscale_cam, rescale
 from csd.train_cam import load_cam_net, train_cam
+from csd.transforms import eval_transform
 from tests.conftest import make_voc
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,
@@ -222,3 +224,24 @@ def test_multiscale_cam_flip_equivariant(cam_model):
     cam1, _ = multiscale_cam(model, image, keys, [1.0], False)
     cam1_m, _ = multiscale_cam(model, mirror, keys, [1.0], False)
     assert not torch.allclose(cam1_m, cam1.flip(-1), atol=1e-2 * cam1.abs().max())
+
+
+def test_multiscale_cam_is_the_sum_over_scales_worked_out_by_hand(cam_model):
+    """Each scale: the image rescaled, its CAM plus its mirror's CAM mirrored back, resized
+    bilinearly to the stride-4 grid (and to full size for high_res); the scales are summed."""
+    model = load_cam_net(cam_model)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    keys = [0, 14]
+    per_scale = []
+    with torch.no_grad():
+        for scale in (1.0, 0.5):
+            x = eval_transform()({"image": rescale(image, scale)})["image"][None]
+            maps = (model.cam(x) + model.cam(x.flip(-1)).flip(-1))[:, keys]
+            per_scale.append((F.interpolate(maps, (12, 16), mode="bilinear")[0],
+                              F.interpolate(maps, (48, 64), mode="bilinear")[0]))
+    (cam_1, high_1), (cam_half, high_half) = per_scale
+    assert not torch.allclose(cam_1, cam_half, atol=0.1 * cam_1.abs().max())  # they differ
+    cam, high_res = multiscale_cam(model, image, keys, [1.0, 0.5], True)
+    torch.testing.assert_close(cam, cam_1 + cam_half)
+    torch.testing.assert_close(high_res, high_1 + high_half)
