@@ -16,7 +16,7 @@ from csd import copy_paste
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.decoupling import (
     PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
-    background_probs, paste, purity_weights, seed_scores, source_probs, train_cam_csd, transition)
+    background_probs, bernoulli_kl, paste, purity_weights, seed_scores, source_probs, train_cam_csd, transition)
 from csd.transforms import train_transform
 from csd.voc import load_image, load_label_png, load_labels
 from tests.conftest import COLOURS, make_voc
@@ -117,9 +117,62 @@ def test_paste_pairs_masks_labels_and_pasted_images(voc):
     assert all(labels[ids[t]].sum() > 1 for t in multi.targets)
 
 
+def test_paste_pairs_domains_and_clear_errors(voc):
+    root, ids, _ = voc
+    masks, transform = root / "SegmentationClass", train_transform("long", [40, 56], 32)
+    # one single-label image (class 2), one multi-label image, the rest multi-label too
+    labels = {i: onehot(0, 1) for i in ids}
+    labels[ids[0]] = onehot(2)
+    labels[ids[1]] = onehot(0, 2)
+    data = PastePairs(root, ids, labels, masks, transform)
+    assert np.flatnonzero(data.available).tolist() == [2]  # one source image is enough
+    assert data.targets.tolist() == list(range(len(ids)))  # target "all": every image
+    np.testing.assert_allclose(data.transition,  # the default temperature, 10
+                               transition(cooccurrence([labels[i] for i in ids]), 10.0))
+    only_one = dict({i: onehot(2) for i in ids}, **{ids[1]: onehot(0, 2)})
+    data = PastePairs(root, ids, only_one, masks, transform, target="multi_label")
+    assert data.targets.tolist() == [1]
+    with pytest.raises(ValueError, match="settings 'csd.target' must be all or multi_label"):
+        PastePairs(root, ids, labels, masks, transform, target="single")
+    with pytest.raises(ValueError, match="CSD needs single-label images"):
+        PastePairs(root, ids, {i: onehot(0, 1) for i in ids}, masks, transform)
+    with pytest.raises(ValueError, match="'csd.target: multi_label' but the training list has "
+                       "no multi-label image"):
+        PastePairs(root, ids, {i: onehot(2) for i in ids}, masks, transform,
+                   target="multi_label")
+    with pytest.raises(ValueError, match=r"no source class available for a target with "
+                       r"classes \[0, 1\]"):
+        source_probs(data.transition, onehot(0, 1), np.zeros(20, bool))
+
+
+def test_transition_is_finite_for_large_counts():
+    """The softmax subtracts each row's maximum: counts of thousands (VOC) at temperature 1
+    neither overflow nor underflow a whole row."""
+    counts = np.ones((20, 20))
+    counts[0, 1] = 5000.0
+    p = transition(counts, 1.0)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1)
+    assert p[0, 1] == pytest.approx(1.0) and p[5, 7] == pytest.approx(1 / 20)
+
+
+def test_ema_teacher_averages_with_its_decay():
+    model = CAMNet(BACKBONE)
+    teacher = Teacher(model, "ema", 0.9)
+    weight = model.classifier.weight
+    teacher.update()  # the first update copies the model
+    with torch.no_grad():
+        weight.add_(1.0)
+    teacher.update()
+    torch.testing.assert_close(teacher.ema.module.classifier.weight, weight - 0.9)
+    assert set(teacher.extras()) == {"ema_teacher"} and Teacher(model, "same", 0.9).extras() == {}
+    with pytest.raises(ValueError, match="settings 'csd.teacher' must be same or ema"):
+        Teacher(model, "copy", 0.9)
+
+
 def test_paste_pairs_missing_round0_mask_names_the_directory(voc, tmp_path):
     root, ids, labels = voc
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no round-0 pseudo mask"):
         PastePairs(root, ids, labels, tmp_path, train_transform("long", [40, 56], 32))
 
 
@@ -222,38 +275,70 @@ def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
     assert loss_fg.item() > 0.1 and loss_bg.item() > 0.1
 
 
-def test_losses_equal_hand_computed_values():
-    """One image, 2 x 2 cells of 2 x 2 pixels, source class 3, target labels {3, 7},
-    scale 1. The pasted object covers the top row, the pasted background the bottom row."""
-    e = math.e
-    settings = dict(CSD, scale=1.0, confidence=0.5, bg_logit=0.15, bg_units="logit")
-    fg = torch.zeros(1, 4, 4)
+@pytest.mark.parametrize("units", ["logit", "peak"])
+def test_losses_equal_hand_computed_values(units):
+    """One image, 2 x 3 cells of 2 x 2 pixels, source class 3, target labels {3, 7},
+    scale 1, confidence 0.5. The pasted object covers the top row, the pasted background
+    the bottom row."""
+    e = math.exp(1)
+    b = math.exp(0.15)  # the background score 0.15, exponentiated
+    settings = dict(CSD, scale=1.0, confidence=0.5, bg_logit=0.15, bg_units=units)
+    fg = torch.zeros(1, 4, 6)
     fg[0, :2] = 1
     batch = {"source_class": torch.tensor([3]), "source_fg": fg,
-             "target_bg": torch.ones(1, 4, 4),
+             "target_bg": torch.ones(1, 4, 6),
              "target_label": torch.tensor(np.array([onehot(3, 7)]), dtype=torch.float32)}
-    teacher = torch.zeros(1, 20, 2, 2)
-    teacher[0, 3] = torch.tensor([[2.0, 1.0], [0.0, 1.0]])
-    student_fg = torch.zeros(1, 20, 2, 2)
+    teacher = torch.zeros(1, 20, 2, 3)
+    teacher[0, 3] = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.15, 0.0]])
+    student_fg = torch.zeros(1, 20, 2, 3)
     student_fg[0, 5, 0, 0] = 4.0  # at cell (0, 0) class 5 leads, class 3 is at the minimum
-    student_bg = torch.zeros(1, 20, 2, 2)
+    student_bg = torch.zeros(1, 20, 2, 3)
     student_bg[0, 7, 1, 0] = 1.0
     student_bg[0, 3, 1, 0] = -1.0  # ReLU'd to 0
     student_bg[0, 5, 1, 0] = 3.0  # not a target label: left out
+    student_bg[0, 7, 0, 2] = 5.0  # inside the pasted object: not L_bg's business (but the peak)
     loss_fg, loss_bg = csd_losses(teacher, student_fg, student_bg, batch, settings)
+
+    def kl(p, q):  # KL(Bernoulli(p) || Bernoulli(q)), written out
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
 
     # L_fg: only cell (0, 0) counts (cell (0, 1): the teacher's seed 1/2 is not above 0.5).
     # Channel min-max there: teacher 1 for class 3, 0 elsewhere; student 0 for class 3.
     p = e / (e + 19)  # the teacher's softmax share of class 3
     q = 1 / (e + 19)  # the student's
-    expected_fg = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
-    assert loss_fg.item() == pytest.approx(expected_fg, rel=1e-5)
-    # L_bg: only cell (1, 0) counts (cell (1, 1): the teacher's background probability
-    # e^0.15 / (e^0.15 + e^1) is below 0.5). The teacher there: softmax([0.15, 0]).
-    p = math.exp(0.15) / (math.exp(0.15) + 1)
-    q = math.exp(0.15) / (math.exp(0.15) + math.exp(0) + math.exp(1))  # classes 3, 7
-    expected_bg = p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    assert loss_fg.item() == pytest.approx(kl(p, q), rel=1e-5)
+    # L_bg: the teacher's background probability softmax([0.15, class 3's score])[0] must be
+    # above 0.5: cells (1, 0) and (1, 2) (0 scores), not (1, 1) in logits (0.15: exactly 0.5).
+    p = b / (b + 1)
+    if units == "logit":
+        q_10 = b / (b + 1 + e)  # class 3 scores 0, class 7 1
+        q_12 = b / (b + 2)  # both score 0
+        expected_bg = (kl(p, q_10) + kl(p, q_12)) / 2
+    else:  # each map over its peak: the teacher's class 3 over 2, the student's class 7 over 5
+        p_11 = b / (b + math.exp(0.15 / 2))  # (1, 1) now above 0.5
+        q_10 = b / (b + 1 + math.exp(1 / 5))
+        q_1x = b / (b + 2)  # cells (1, 1) and (1, 2)
+        expected_bg = (kl(p, q_10) + kl(p_11, q_1x) + kl(p, q_1x)) / 3
     assert loss_bg.item() == pytest.approx(expected_bg, rel=1e-5)
+
+
+def test_bernoulli_kl_is_finite_at_certain_probabilities():
+    """Probabilities of exactly 0 or 1 (a saturated softmax) are clamped to [EPS, 1 - EPS]."""
+    kl = bernoulli_kl(torch.tensor([0.0, 1.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    assert torch.isfinite(kl).all()
+    expected = [math.log(2), math.log(2), 0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-5), 0.0]
+    np.testing.assert_allclose(kl.tolist(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_purity_weights_change_the_losses():
+    batch, cam = loss_batch(), teacher_cam()
+    cam[:, 3, 0, 0] = 0.8  # ambiguous cells weigh more
+    cam[:, 3, 3, 3] = -1.0
+    student = torch.randn(cam.shape, generator=torch.Generator().manual_seed(0))
+    settings = dict(CSD, confidence=0.0)
+    plain = csd_losses(cam, student, student, batch, settings)
+    weighted = csd_losses(cam, student, student, batch, dict(settings, purity=True))
+    assert all(abs(a.item() - b.item()) > 1e-4 for a, b in zip(plain, weighted))
 
 
 class SpyCAMNet(CAMNet):
