@@ -12,7 +12,7 @@ from PIL import Image
 from csd.training import Checkpoint
 from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
-from csd.make_cam import make_cams, multiscale_cam, rescale
+from csd.make_cam import make_cams, multiscale_cam, normalize_max, rescale
 from csd.train_cam import load_cam_net, train_cam
 from csd.transforms import eval_transform
 from tests.conftest import make_voc
@@ -245,3 +245,32 @@ def test_multiscale_cam_is_the_sum_over_scales_worked_out_by_hand(cam_model):
     cam, high_res = multiscale_cam(model, image, keys, [1.0, 0.5], True)
     torch.testing.assert_close(cam, cam_1 + cam_half)
     torch.testing.assert_close(high_res, high_1 + high_half)
+
+
+def test_make_cams_writes_the_flip_averaged_multiscale_maps(voc, cam_model, tmp_path):
+    root, ids, labels = voc
+    out = tmp_path / "nested" / "cams"  # parents are created
+    make_cams(root, ids[:1], root / "labels.csv", cam_model, out, MAKE_CAM)
+    image = np.asarray(Image.open(root / "JPEGImages" / f"{ids[0]}.jpg").convert("RGB"))
+    cam, high_res = multiscale_cam(load_cam_net(cam_model), image, labels[ids[0]],
+                                   MAKE_CAM["scales"], True)
+    data = np.load(out / f"{ids[0]}.npz")
+    np.testing.assert_allclose(data["cam"], normalize_max(cam).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data["high_res"], normalize_max(high_res).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(KeyError, match=r"settings 'make_cam' lacks keys \['flip'\]"):
+        make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, {"scales": [1.0]})
+    with pytest.raises(ValueError, match="settings 'make_cam.scales' is empty"):
+        make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, dict(MAKE_CAM, scales=[]))
+
+
+def test_rescale_and_normalize_max():
+    image = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    assert rescale(image, 0.5).shape == (24, 32, 3) and rescale(image, 1.5).shape == (72, 96, 3)
+    expected = np.asarray(Image.fromarray(image).resize((32, 24), Image.BICUBIC))
+    np.testing.assert_array_equal(rescale(image, 0.5), expected)
+    maps = torch.zeros(2, 2, 2)
+    maps[0, 0, 0] = 1e-5  # as small as the guard: halved, not divided by 0
+    maps[1, 1, 1] = 4.0
+    torch.testing.assert_close(normalize_max(maps)[:, [0, 1], [0, 1]],
+                               torch.tensor([[0.5, 0.0], [0.0, 4 / (4 + 1e-5)]]))
