@@ -23,10 +23,12 @@ mkdir -p "$OUT"
 
 # module -> the fast tests that exercise it (a TOML list of pytest arguments)
 declare -A TESTS=(
-    [decoupling]='"tests/test_csd.py", "-k", "not train_cam_csd and not instance and not paste_batch"'
+    [decoupling]='"tests/test_csd.py", "-k",
+                  "not train_cam_csd and not instance and not paste_batch"'
     [copy_paste]='"tests/test_csd.py", "-k", "instance or paste_batch or cda"'
     [make_cam]='"tests/test_cam.py", "-k", "make_cams or multiscale or rescale"'
-    [train_seg]='"tests/test_deeplab.py", "tests/test_overfit.py", "-k", "train_deeplab or init_from_cam or train_seg"'
+    [train_seg]='"tests/test_deeplab.py", "tests/test_overfit.py", "-k",
+                 "train_deeplab or init_from_cam or train_seg or epochs_for"'
     [training]='"tests/test_cam.py", "-k", "train_cam"'
 )
 MODULES=("$@")
@@ -57,8 +59,13 @@ EOF
         echo "$module: no results (see $OUT/$module.log)"
     fi
     : >"$OUT/$module.survivors.txt"
-    for name in $(grep -E ': survived$' "$OUT/$module.results.txt" 2>/dev/null | sed 's/: survived$//'); do
+    for name in $(grep -E ': survived$' "$OUT/$module.results.txt" 2>/dev/null |
+                  sed 's/: survived$//'); do
         (cd "$work" && "$MUTMUT" show "$name") >>"$OUT/$module.survivors.txt" 2>&1 || true
     done
-    if [ -n "${KEEP_MUTANTS:-}" ]; then echo "$module: mutants kept in $work"; else rm -rf "$work"; fi
+    if [ -n "${KEEP_MUTANTS:-}" ]; then
+        echo "$module: mutants kept in $work"
+    else
+        rm -rf "$work"
+    fi
 done
