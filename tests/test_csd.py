@@ -136,7 +136,8 @@ def test_paste_pairs_domains_and_clear_errors(voc):
     assert data.targets.tolist() == [1]
     with pytest.raises(ValueError, match="settings 'csd.target' must be all or multi_label"):
         PastePairs(root, ids, labels, masks, transform, target="single")
-    with pytest.raises(ValueError, match="CSD needs single-label images"):
+    with pytest.raises(ValueError, match=r"CSD needs single-label images \(the source domain\); "
+                       "the training list has none"):
         PastePairs(root, ids, {i: onehot(0, 1) for i in ids}, masks, transform)
     with pytest.raises(ValueError, match="'csd.target: multi_label' but the training list has "
                        "no multi-label image"):
@@ -162,11 +163,16 @@ def test_ema_teacher_averages_with_its_decay():
     model = CAMNet(BACKBONE)
     teacher = Teacher(model, "ema", 0.9)
     weight = model.classifier.weight
+    running_mean = model.backbone.stage1[1].running_mean
     teacher.update()  # the first update copies the model
     with torch.no_grad():
         weight.add_(1.0)
+        running_mean.add_(1.0)
     teacher.update()
     torch.testing.assert_close(teacher.ema.module.classifier.weight, weight - 0.9)
+    # BatchNorm statistics are averaged too
+    torch.testing.assert_close(teacher.ema.module.backbone.stage1[1].running_mean,
+                               running_mean - 0.9)
     assert set(teacher.extras()) == {"ema_teacher"} and Teacher(model, "same", 0.9).extras() == {}
     with pytest.raises(ValueError, match="settings 'csd.teacher' must be same or ema"):
         Teacher(model, "copy", 0.9)
@@ -288,7 +294,7 @@ def test_losses_equal_hand_computed_values(units):
     fg = torch.zeros(1, 4, 6)
     fg[0, :2] = 1
     batch = {"source_class": torch.tensor([3]), "source_fg": fg,
-             "target_bg": torch.ones(1, 4, 6),
+             "target_bg": torch.ones(1, 4, 6),  # but for cell (1, 2), below
              "target_label": torch.tensor(np.array([onehot(3, 7)]), dtype=torch.float32)}
     teacher = torch.zeros(1, 20, 2, 3)
     teacher[0, 3] = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.15, 0.0]])
@@ -299,6 +305,7 @@ def test_losses_equal_hand_computed_values(units):
     student_bg[0, 3, 1, 0] = -1.0  # ReLU'd to 0
     student_bg[0, 5, 1, 0] = 3.0  # not a target label: left out
     student_bg[0, 7, 0, 2] = 5.0  # inside the pasted object: not L_bg's business (but the peak)
+    batch["target_bg"][0, 2:, 4:] = 0  # cell (1, 2): the target's object, not its background
     loss_fg, loss_bg = csd_losses(teacher, student_fg, student_bg, batch, settings)
 
     def kl(p, q):  # KL(Bernoulli(p) || Bernoulli(q)), written out
@@ -309,18 +316,17 @@ def test_losses_equal_hand_computed_values(units):
     p = e / (e + 19)  # the teacher's softmax share of class 3
     q = 1 / (e + 19)  # the student's
     assert loss_fg.item() == pytest.approx(kl(p, q), rel=1e-5)
-    # L_bg: the teacher's background probability softmax([0.15, class 3's score])[0] must be
-    # above 0.5: cells (1, 0) and (1, 2) (0 scores), not (1, 1) in logits (0.15: exactly 0.5).
+    # L_bg: cells (1, 0) and (1, 1) are the pasted background; the teacher's background
+    # probability softmax([0.15, class 3's score])[0] must be above 0.5: at (1, 0) (score
+    # 0), not at (1, 1) in logits (0.15: exactly 0.5).
     p = b / (b + 1)
     if units == "logit":
-        q_10 = b / (b + 1 + e)  # class 3 scores 0, class 7 1
-        q_12 = b / (b + 2)  # both score 0
-        expected_bg = (kl(p, q_10) + kl(p, q_12)) / 2
+        expected_bg = kl(p, b / (b + 1 + e))  # class 3 scores 0, class 7 1
     else:  # each map over its peak: the teacher's class 3 over 2, the student's class 7 over 5
         p_11 = b / (b + math.exp(0.15 / 2))  # (1, 1) now above 0.5
         q_10 = b / (b + 1 + math.exp(1 / 5))
-        q_1x = b / (b + 2)  # cells (1, 1) and (1, 2)
-        expected_bg = (kl(p, q_10) + kl(p_11, q_1x) + kl(p, q_1x)) / 3
+        q_11 = b / (b + 2)  # both classes score 0
+        expected_bg = (kl(p, q_10) + kl(p_11, q_11)) / 2
     assert loss_bg.item() == pytest.approx(expected_bg, rel=1e-5)
 
 
@@ -349,7 +355,8 @@ class SpyCAMNet(CAMNet):
     def features(self, x):
         self.seen = x.detach().clone()
         self.feats = super().features(x)
-        self.feats.retain_grad()
+        if self.feats.requires_grad:  # not in the EMA copy's pass
+            self.feats.retain_grad()
         return self.feats
 
 
@@ -400,6 +407,25 @@ def test_csd_step_composes_x_fg_x_bg_and_their_labels():
                                              onehot(3, 7, 14), onehot(14), onehot(3, 14)]),
                                    dtype=torch.float32)
     torch.testing.assert_close(seen_targets[0], expected_labels)
+    # the decoupling losses read the raw (pre-ReLU) maps of X_fg, X_bg and S
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0,
+                        dict(CSD, confidence=-1.0), criterion, "cpu")
+    maps = model.cam_from_features(model.feats.detach(), relu=False)
+    assert (maps < 0).any()
+    expected = csd_losses(maps[6:], maps[2:4], maps[4:6], batch, dict(CSD, confidence=-1.0))
+    torch.testing.assert_close(torch.stack([parts["fg"], parts["bg"]]), torch.stack(expected))
+    # pasted_cls false: the classification loss of x only
+    seen_targets.clear()
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, pasted_cls=False),
+             criterion, "cpu")
+    torch.testing.assert_close(seen_targets[0], expected_labels[:2])
+    # no teacher pass in the batch during the warm-up, nor with the EMA teacher
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, warmup_epochs=1),
+             criterion, "cpu")
+    assert len(model.seen) == 6
+    model.feats = None  # the EMA copy deep-copies the model
+    csd_step(model, Teacher(model, "ema", 0.9), batch, 0, CSD, criterion, "cpu")
+    assert len(model.seen) == 6
 
 
 def test_total_loss_gradient_on_the_features_follows_the_lambdas():
