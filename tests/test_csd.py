@@ -557,13 +557,23 @@ def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, mo
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
-def test_instance_pool_and_instances(voc):
+def test_instance_pool_and_instances(voc, tmp_path):
     root, ids, labels = voc
     pool = instance_pool(ids, labels, root / "SegmentationClass", (0.01, 0.7))
     singles = {i for i in ids if labels[i].sum() == 1}
-    assert pool and {i for i, _ in pool} <= singles
+    # every single-class image: the squares cover 3-16% of their images
+    assert {i for i, _ in pool} == singles and len(pool) == len(singles)
     assert all(labels[i][c] == 1 for i, c in pool)
     assert instance_pool(ids, labels, root / "SegmentationClass", (0.9, 1.0)) == []
+    # the range includes its ends
+    first, c = pool[0]
+    area = float((load_label_png(root / "SegmentationClass" / f"{first}.png") == c + 1).mean())
+    assert [i for i, _ in instance_pool(ids, labels, root / "SegmentationClass",
+                                        (area, area))] == [first]
+    # a mask without the class is no instance, whatever the range
+    for i in ids:
+        save_png(tmp_path / f"{i}.png", np.zeros((8, 8), np.uint8), palette())
+    assert instance_pool(ids, labels, tmp_path, (0.0, 1.0)) == []
     image_id, cls = pool[0]
     image = load_image(root / "JPEGImages" / f"{image_id}.jpg")
     mask = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
