@@ -29,7 +29,7 @@ declare -A TESTS=(
     [make_cam]='"tests/test_cam.py", "-k", "make_cams or multiscale or rescale"'
     [train_seg]='"tests/test_deeplab.py", "tests/test_overfit.py", "-k",
                  "train_deeplab or init_from_cam or train_seg or epochs_for"'
-    [training]='"tests/test_cam.py", "-k", "train_cam"'
+    [training]='"tests/test_cam.py", "-k", "train_cam or epoch_loader"'
 )
 MODULES=("$@")
 [ ${#MODULES[@]} -gt 0 ] || MODULES=(decoupling copy_paste make_cam train_seg training)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from csd.training import Checkpoint
+from csd.training import Checkpoint, epoch_loader
 from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
 from csd.make_cam import make_cams, multiscale_cam, normalize_max, rescale
@@ -124,7 +124,7 @@ def kill_after_first_epoch(monkeypatch):
     monkeypatch.setattr(Checkpoint, "save", save_then_die)
 
 
-def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):
+def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch, capsys):
     root, ids, _ = voc
     uninterrupted = torch.load(trained[0] / "cam.pth", weights_only=True)["model"]
     kill_after_first_epoch(monkeypatch)
@@ -133,9 +133,17 @@ def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypat
     with pytest.raises(Killed):
         train_cam(*args)
     assert (tmp_path / "cam.pth.ckpt").exists() and not (tmp_path / "cam.pth").exists()
+    # the optimizer ran its last step of epoch 1 (step 1 of 4) at the poly lr of each group
+    groups = torch.load(tmp_path / "cam.pth.ckpt", weights_only=False)["optimizer"][
+        "param_groups"]
+    poly = (1 - 1 / 4) ** 0.9
+    assert [g["lr"] for g in groups] == pytest.approx([TRAIN["lr"] * poly,
+                                                       TRAIN["lr"] * 10 * poly])
     monkeypatch.undo()
+    capsys.readouterr()
     torch.manual_seed(12345)  # the restarted process starts from other RNG states
     history = train_cam(*args)
+    assert "train_cam: resuming after epoch 1" in capsys.readouterr().err
     assert history == trained[1]
     resumed = torch.load(tmp_path / "cam.pth", weights_only=True)["model"]
     assert resumed.keys() == uninterrupted.keys()
@@ -143,15 +151,18 @@ def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypat
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
-def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypatch):
+def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypatch, capsys):
     root, ids, _ = voc
     kill_after_first_epoch(monkeypatch)
     paths = (tmp_path / "cam.pth", tmp_path / "history.json")
     with pytest.raises(Killed):
         train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
     monkeypatch.undo()
+    capsys.readouterr()
     other = dict(TRAIN, lr=0.02, epochs=1)  # resuming would skip training entirely
     history = train_cam(root, ids, root / "labels.csv", *paths, other)
+    assert (f"discarding {paths[0]}.ckpt: written for other settings or images"
+            in capsys.readouterr().err)
     # 8 images / batch 4 = 2 steps: the last lr of the new schedule, not the killed run's
     assert len(history) == 1
     assert history[0]["lr"] == pytest.approx(0.02 * (1 - 1 / 2) ** 0.9)
@@ -274,3 +285,18 @@ def test_rescale_and_normalize_max():
     maps[1, 1, 1] = 4.0
     torch.testing.assert_close(normalize_max(maps)[:, [0, 1], [0, 1]],
                                torch.tensor([[0.5, 0.0], [0.0, 4 / (4 + 1e-5)]]))
+
+
+def test_epoch_loader_shuffles_by_seed_and_epoch_and_drops_the_last_partial_batch():
+    data = list(range(10))
+    settings = {"batch_size": 4, "num_workers": 0, "seed": 7}
+
+    def order(epoch):
+        return [int(i) for batch in epoch_loader(data, settings, epoch, "cpu") for i in batch]
+
+    first = order(0)
+    assert len(first) == 8 and len(set(first)) == 8  # 2 full batches of 4
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert order(0) == first
+    orders = [tuple(order(epoch)) for epoch in range(5)]
+    assert len(set(orders)) == 5 and orders[0] != tuple(range(8))
