@@ -168,10 +168,22 @@ def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypa
     assert history[0]["lr"] == pytest.approx(0.02 * (1 - 1 / 2) ** 0.9)
     assert torch.load(paths[0], weights_only=True)["settings"] == other
     assert not list(tmp_path.glob("*.ckpt*"))
+    # the same settings on another image list: discarded too
+    kill_after_first_epoch(monkeypatch)
+    with pytest.raises(Killed):
+        train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
+    monkeypatch.undo()
+    capsys.readouterr()
+    train_cam(root, ids[::-1], root / "labels.csv", *paths, dict(TRAIN, epochs=1))
+    assert "discarding" in capsys.readouterr().err
 
 
 def test_train_cam_clear_errors(voc, tmp_path):
     root, ids, _ = voc
+    with pytest.raises(ValueError, match=r"train_cam: 8 images are fewer than batch_size 9 "
+                       r"\(drop_last would leave no batch\)"):
+        train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
+                  dict(TRAIN, batch_size=9))
     with pytest.raises(KeyError, match="momentum"):
         train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
                   {k: v for k, v in TRAIN.items() if k != "momentum"})
