@@ -126,20 +126,21 @@ def repo():
 COLOURS = {0: (220, 30, 30), 1: (30, 200, 30), 14: (30, 30, 220)}  # class -> square colour
 
 
-def make_voc(root, n=8, seed=0):
-    """n JPEGs (48-64 px) on a grey background with one square per labelled class, their
-    label maps in SegmentationClass and labels.csv; returns (sorted ids, {id: classes})."""
+def make_voc(root, n=8, seed=0, size=(48, 64), square=(12, 19)):
+    """n JPEGs (sides in `size` px) on a grey background with one square (side in `square`)
+    per labelled class, their label maps in SegmentationClass and labels.csv; returns
+    (sorted ids, {id: classes})."""
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True)
     (root / "SegmentationClass").mkdir()
     labels = {}
     for i in range(n):
-        h, w = rng.integers(48, 65, size=2)
+        h, w = rng.integers(size[0], size[1] + 1, size=2)
         image = np.full((h, w, 3), 120, np.uint8)
         mask = np.zeros((h, w), np.uint8)
         classes = sorted(rng.choice(list(COLOURS), size=rng.integers(1, 3), replace=False))
         for c in classes:
-            s = int(rng.integers(12, 20))
+            s = int(rng.integers(square[0], square[1] + 1))
             y, x = rng.integers(0, h - s), rng.integers(0, w - s)
             image[y:y + s, x:x + s] = COLOURS[c]
             mask[y:y + s, x:x + s] = c + 1

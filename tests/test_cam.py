@@ -6,13 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from csd.training import Checkpoint
+from csd.training import Checkpoint, epoch_loader
 from csd.cam_net import CAMNet
 from csd.io import save_npz, save_torch
-from csd.make_cam import make_cams, multiscale_cam
+from csd.make_cam import make_cams, multiscale_cam, normalize_max, rescale
 from csd.train_cam import load_cam_net, train_cam
+from csd.transforms import eval_transform
 from tests.conftest import make_voc
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,
@@ -122,7 +124,7 @@ def kill_after_first_epoch(monkeypatch):
     monkeypatch.setattr(Checkpoint, "save", save_then_die)
 
 
-def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):
+def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch, capsys):
     root, ids, _ = voc
     uninterrupted = torch.load(trained[0] / "cam.pth", weights_only=True)["model"]
     kill_after_first_epoch(monkeypatch)
@@ -131,9 +133,17 @@ def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypat
     with pytest.raises(Killed):
         train_cam(*args)
     assert (tmp_path / "cam.pth.ckpt").exists() and not (tmp_path / "cam.pth").exists()
+    # the optimizer ran its last step of epoch 1 (step 1 of 4) at the poly lr of each group
+    groups = torch.load(tmp_path / "cam.pth.ckpt", weights_only=False)["optimizer"][
+        "param_groups"]
+    poly = (1 - 1 / 4) ** 0.9
+    assert [g["lr"] for g in groups] == pytest.approx([TRAIN["lr"] * poly,
+                                                       TRAIN["lr"] * 10 * poly])
     monkeypatch.undo()
+    capsys.readouterr()
     torch.manual_seed(12345)  # the restarted process starts from other RNG states
     history = train_cam(*args)
+    assert "train_cam: resuming after epoch 1" in capsys.readouterr().err
     assert history == trained[1]
     resumed = torch.load(tmp_path / "cam.pth", weights_only=True)["model"]
     assert resumed.keys() == uninterrupted.keys()
@@ -141,24 +151,39 @@ def test_train_cam_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypat
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
-def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypatch):
+def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypatch, capsys):
     root, ids, _ = voc
     kill_after_first_epoch(monkeypatch)
     paths = (tmp_path / "cam.pth", tmp_path / "history.json")
     with pytest.raises(Killed):
         train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
     monkeypatch.undo()
+    capsys.readouterr()
     other = dict(TRAIN, lr=0.02, epochs=1)  # resuming would skip training entirely
     history = train_cam(root, ids, root / "labels.csv", *paths, other)
+    assert (f"discarding {paths[0]}.ckpt: written for other settings or images"
+            in capsys.readouterr().err)
     # 8 images / batch 4 = 2 steps: the last lr of the new schedule, not the killed run's
     assert len(history) == 1
     assert history[0]["lr"] == pytest.approx(0.02 * (1 - 1 / 2) ** 0.9)
     assert torch.load(paths[0], weights_only=True)["settings"] == other
     assert not list(tmp_path.glob("*.ckpt*"))
+    # the same settings on another image list: discarded too
+    kill_after_first_epoch(monkeypatch)
+    with pytest.raises(Killed):
+        train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
+    monkeypatch.undo()
+    capsys.readouterr()
+    train_cam(root, ids[::-1], root / "labels.csv", *paths, dict(TRAIN, epochs=1))
+    assert "discarding" in capsys.readouterr().err
 
 
 def test_train_cam_clear_errors(voc, tmp_path):
     root, ids, _ = voc
+    with pytest.raises(ValueError, match=r"train_cam: 8 images are fewer than batch_size 9 "
+                       r"\(drop_last would leave no batch\)"):
+        train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
+                  dict(TRAIN, batch_size=9))
     with pytest.raises(KeyError, match="momentum"):
         train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
                   {k: v for k, v in TRAIN.items() if k != "momentum"})
@@ -222,3 +247,68 @@ def test_multiscale_cam_flip_equivariant(cam_model):
     cam1, _ = multiscale_cam(model, image, keys, [1.0], False)
     cam1_m, _ = multiscale_cam(model, mirror, keys, [1.0], False)
     assert not torch.allclose(cam1_m, cam1.flip(-1), atol=1e-2 * cam1.abs().max())
+
+
+def test_multiscale_cam_is_the_sum_over_scales_worked_out_by_hand(cam_model):
+    """Each scale: the image rescaled, its CAM plus its mirror's CAM mirrored back, resized
+    bilinearly to the stride-4 grid (and to full size for high_res); the scales are summed."""
+    model = load_cam_net(cam_model)
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    keys = [0, 14]
+    per_scale = []
+    with torch.no_grad():
+        for scale in (1.0, 0.5):
+            x = eval_transform()({"image": rescale(image, scale)})["image"][None]
+            maps = (model.cam(x) + model.cam(x.flip(-1)).flip(-1))[:, keys]
+            per_scale.append((F.interpolate(maps, (12, 16), mode="bilinear")[0],
+                              F.interpolate(maps, (48, 64), mode="bilinear")[0]))
+    (cam_1, high_1), (cam_half, high_half) = per_scale
+    assert not torch.allclose(cam_1, cam_half, atol=0.1 * cam_1.abs().max())  # they differ
+    cam, high_res = multiscale_cam(model, image, keys, [1.0, 0.5], True)
+    torch.testing.assert_close(cam, cam_1 + cam_half)
+    torch.testing.assert_close(high_res, high_1 + high_half)
+
+
+def test_make_cams_writes_the_flip_averaged_multiscale_maps(voc, cam_model, tmp_path):
+    root, ids, labels = voc
+    out = tmp_path / "nested" / "cams"  # parents are created
+    make_cams(root, ids[:1], root / "labels.csv", cam_model, out, MAKE_CAM)
+    image = np.asarray(Image.open(root / "JPEGImages" / f"{ids[0]}.jpg").convert("RGB"))
+    cam, high_res = multiscale_cam(load_cam_net(cam_model), image, labels[ids[0]],
+                                   MAKE_CAM["scales"], True)
+    data = np.load(out / f"{ids[0]}.npz")
+    np.testing.assert_allclose(data["cam"], normalize_max(cam).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(data["high_res"], normalize_max(high_res).numpy(), rtol=1e-5,
+                               atol=1e-6)
+    with pytest.raises(KeyError, match=r"settings 'make_cam' lacks keys \['flip'\]"):
+        make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, {"scales": [1.0]})
+    with pytest.raises(ValueError, match="settings 'make_cam.scales' is empty"):
+        make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, dict(MAKE_CAM, scales=[]))
+
+
+def test_rescale_and_normalize_max():
+    image = np.random.default_rng(0).integers(0, 256, size=(48, 64, 3), dtype=np.uint8)
+    assert rescale(image, 0.5).shape == (24, 32, 3) and rescale(image, 1.5).shape == (72, 96, 3)
+    expected = np.asarray(Image.fromarray(image).resize((32, 24), Image.BICUBIC))
+    np.testing.assert_array_equal(rescale(image, 0.5), expected)
+    maps = torch.zeros(2, 2, 2)
+    maps[0, 0, 0] = 1e-5  # as small as the guard: halved, not divided by 0
+    maps[1, 1, 1] = 4.0
+    torch.testing.assert_close(normalize_max(maps)[:, [0, 1], [0, 1]],
+                               torch.tensor([[0.5, 0.0], [0.0, 4 / (4 + 1e-5)]]))
+
+
+def test_epoch_loader_shuffles_by_seed_and_epoch_and_drops_the_last_partial_batch():
+    data = list(range(10))
+    settings = {"batch_size": 4, "num_workers": 0, "seed": 7}
+
+    def order(epoch):
+        return [int(i) for batch in epoch_loader(data, settings, epoch, "cpu") for i in batch]
+
+    first = order(0)
+    assert len(first) == 8 and len(set(first)) == 8  # 2 full batches of 4
+    torch.manual_seed(123)  # the global RNG plays no part
+    assert order(0) == first
+    orders = [tuple(order(epoch)) for epoch in range(5)]
+    assert len(set(orders)) == 5 and orders[0] != tuple(range(8))

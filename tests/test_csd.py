@@ -2,6 +2,7 @@
 training run of each on a tiny VOC-like tree whose ground truth serves as round-0 masks."""
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -9,14 +10,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from csd.backbone import MEAN, STD
 from csd.cam_net import CAMNet
+from csd import copy_paste
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.decoupling import (
     PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
-    background_probs, paste, purity_weights, seed_scores, source_probs, train_cam_csd, transition)
+    background_probs, bernoulli_kl, paste, purity_weights, seed_scores, source_probs,
+    train_cam_csd, transition)
 from csd.transforms import train_transform
-from csd.voc import load_image, load_label_png, load_labels
-from tests.conftest import make_voc
+from csd.io import save_png
+from csd.voc import load_image, load_label_png, load_labels, palette
+from tests.conftest import COLOURS, make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 0,
@@ -78,12 +83,22 @@ def test_source_probabilities_follow_cooccurrence_and_availability():
     np.testing.assert_allclose(both, expected / expected.sum())
 
 
+def nearest_colour(image, mask):
+    """The colour (a class's square, or the grey background) nearest the mean normalised
+    image over the pixels where `mask` is 1."""
+    colours = dict(COLOURS, background=(120, 120, 120))
+    mean = (image * mask).sum(dim=(1, 2)) / mask.sum()
+    return min(colours, key=lambda k: ((torch.tensor(colours[k]) / 255 - torch.tensor(MEAN))
+                                       / torch.tensor(STD) - mean).norm())
+
+
 def test_paste_pairs_masks_labels_and_pasted_images(voc):
     root, ids, labels = voc
     torch.manual_seed(0)
     transform = train_transform("long", [40, 56], 32)
     data = PastePairs(root, ids, labels, root / "SegmentationClass", transform)
     single = [i for i in ids if labels[i].sum() == 1]
+    checked = 0
     for index in range(len(ids)):
         s = data[index]
         c = s["source_class"]
@@ -92,20 +107,80 @@ def test_paste_pairs_masks_labels_and_pasted_images(voc):
         # the source is a single-label image of class c; its mask is where its label map is c+1
         assert set(torch.unique(s["source_fg"]).tolist()) <= {0.0, 1.0}
         assert data.ids[data.sources[c][0]] in single
-        fg = s["source_fg"][None]
-        x_fg = paste(s["source_image"][None], s["target_image"][None], s["source_fg"][None])[0]
-        torch.testing.assert_close(x_fg * fg, s["source_image"] * fg)
-        torch.testing.assert_close(x_fg * (1 - fg), s["target_image"] * (1 - fg))
-        bg_mask = (1 - s["source_fg"]) * s["target_bg"]
-        assert torch.all(bg_mask <= s["target_bg"]) and torch.all(bg_mask * s["source_fg"] == 0)
+        # the masks mark the source's object (its class's colour) and the target's grey
+        # background (a crop may miss the object)
+        if s["source_fg"].any():
+            assert nearest_colour(s["source_image"], s["source_fg"]) == c
+            checked += 1
+        assert nearest_colour(s["target_image"], s["target_bg"]) == "background"
+    assert checked > len(ids) / 2
     multi = PastePairs(root, ids, labels, root / "SegmentationClass", transform,
                        target="multi_label")
     assert all(labels[ids[t]].sum() > 1 for t in multi.targets)
 
 
+def test_paste_pairs_domains_and_clear_errors(voc):
+    root, ids, _ = voc
+    masks, transform = root / "SegmentationClass", train_transform("long", [40, 56], 32)
+    # one single-label image (class 2), one multi-label image, the rest multi-label too
+    labels = {i: onehot(0, 1) for i in ids}
+    labels[ids[0]] = onehot(2)
+    labels[ids[1]] = onehot(0, 2)
+    data = PastePairs(root, ids, labels, masks, transform)
+    assert np.flatnonzero(data.available).tolist() == [2]  # one source image is enough
+    assert data.targets.tolist() == list(range(len(ids)))  # target "all": every image
+    np.testing.assert_allclose(data.transition,  # the default temperature, 10
+                               transition(cooccurrence([labels[i] for i in ids]), 10.0))
+    only_one = dict({i: onehot(2) for i in ids}, **{ids[1]: onehot(0, 2)})
+    data = PastePairs(root, ids, only_one, masks, transform, target="multi_label")
+    assert data.targets.tolist() == [1]
+    with pytest.raises(ValueError, match="settings 'csd.target' must be all or multi_label"):
+        PastePairs(root, ids, labels, masks, transform, target="single")
+    with pytest.raises(ValueError, match=r"CSD needs single-label images \(the source domain\); "
+                       "the training list has none"):
+        PastePairs(root, ids, {i: onehot(0, 1) for i in ids}, masks, transform)
+    with pytest.raises(ValueError, match="'csd.target: multi_label' but the training list has "
+                       "no multi-label image"):
+        PastePairs(root, ids, {i: onehot(2) for i in ids}, masks, transform,
+                   target="multi_label")
+    with pytest.raises(ValueError, match=r"no source class available for a target with "
+                       r"classes \[0, 1\]"):
+        source_probs(data.transition, onehot(0, 1), np.zeros(20, bool))
+
+
+def test_transition_is_finite_for_large_counts():
+    """The softmax subtracts each row's maximum: counts of thousands (VOC) at temperature 1
+    neither overflow nor underflow a whole row."""
+    counts = np.ones((20, 20))
+    counts[0, 1] = 5000.0
+    p = transition(counts, 1.0)
+    assert np.isfinite(p).all()
+    np.testing.assert_allclose(p.sum(axis=1), 1)
+    assert p[0, 1] == pytest.approx(1.0) and p[5, 7] == pytest.approx(1 / 20)
+
+
+def test_ema_teacher_averages_with_its_decay():
+    model = CAMNet(BACKBONE)
+    teacher = Teacher(model, "ema", 0.9)
+    weight = model.classifier.weight
+    running_mean = model.backbone.stage1[1].running_mean
+    teacher.update()  # the first update copies the model
+    with torch.no_grad():
+        weight.add_(1.0)
+        running_mean.add_(1.0)
+    teacher.update()
+    torch.testing.assert_close(teacher.ema.module.classifier.weight, weight - 0.9)
+    # BatchNorm statistics are averaged too
+    torch.testing.assert_close(teacher.ema.module.backbone.stage1[1].running_mean,
+                               running_mean - 0.9)
+    assert set(teacher.extras()) == {"ema_teacher"} and Teacher(model, "same", 0.9).extras() == {}
+    with pytest.raises(ValueError, match="settings 'csd.teacher' must be same or ema"):
+        Teacher(model, "copy", 0.9)
+
+
 def test_paste_pairs_missing_round0_mask_names_the_directory(voc, tmp_path):
     root, ids, labels = voc
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no round-0 pseudo mask"):
         PastePairs(root, ids, labels, tmp_path, train_transform("long", [40, 56], 32))
 
 
@@ -206,6 +281,179 @@ def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
     loss_fg, _ = csd_losses(cam, weak, cam, batch, settings)
     _, loss_bg = csd_losses(cam, cam, strong_bg, batch, settings)
     assert loss_fg.item() > 0.1 and loss_bg.item() > 0.1
+
+
+@pytest.mark.parametrize("units", ["logit", "peak"])
+def test_losses_equal_hand_computed_values(units):
+    """One image, 2 x 3 cells of 2 x 2 pixels, source class 3, target labels {3, 7},
+    scale 1, confidence 0.5. The pasted object covers the top row, the pasted background
+    the bottom row."""
+    e = math.exp(1)
+    b = math.exp(0.15)  # the background score 0.15, exponentiated
+    settings = dict(CSD, scale=1.0, confidence=0.5, bg_logit=0.15, bg_units=units)
+    fg = torch.zeros(1, 4, 6)
+    fg[0, :2] = 1
+    batch = {"source_class": torch.tensor([3]), "source_fg": fg,
+             "target_bg": torch.ones(1, 4, 6),  # but for cell (1, 2), below
+             "target_label": torch.tensor(np.array([onehot(3, 7)]), dtype=torch.float32)}
+    teacher = torch.zeros(1, 20, 2, 3)
+    teacher[0, 3] = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.15, 0.0]])
+    student_fg = torch.zeros(1, 20, 2, 3)
+    student_fg[0, 5, 0, 0] = 4.0  # at cell (0, 0) class 5 leads, class 3 is at the minimum
+    student_bg = torch.zeros(1, 20, 2, 3)
+    student_bg[0, 7, 1, 0] = 1.0
+    student_bg[0, 3, 1, 0] = -1.0  # ReLU'd to 0
+    student_bg[0, 5, 1, 0] = 3.0  # not a target label: left out
+    student_bg[0, 7, 0, 2] = 5.0  # inside the pasted object: not L_bg's business (but the peak)
+    batch["target_bg"][0, 2:, 4:] = 0  # cell (1, 2): the target's object, not its background
+    loss_fg, loss_bg = csd_losses(teacher, student_fg, student_bg, batch, settings)
+
+    def kl(p, q):  # KL(Bernoulli(p) || Bernoulli(q)), written out
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
+    # L_fg: only cell (0, 0) counts (cell (0, 1): the teacher's seed 1/2 is not above 0.5).
+    # Channel min-max there: teacher 1 for class 3, 0 elsewhere; student 0 for class 3.
+    p = e / (e + 19)  # the teacher's softmax share of class 3
+    q = 1 / (e + 19)  # the student's
+    assert loss_fg.item() == pytest.approx(kl(p, q), rel=1e-5)
+    # L_bg: cells (1, 0) and (1, 1) are the pasted background; the teacher's background
+    # probability softmax([0.15, class 3's score])[0] must be above 0.5: at (1, 0) (score
+    # 0), not at (1, 1) in logits (0.15: exactly 0.5).
+    p = b / (b + 1)
+    if units == "logit":
+        expected_bg = kl(p, b / (b + 1 + e))  # class 3 scores 0, class 7 1
+    else:  # each map over its peak: the teacher's class 3 over 2, the student's class 7 over 5
+        p_11 = b / (b + math.exp(0.15 / 2))  # (1, 1) now above 0.5
+        q_10 = b / (b + 1 + math.exp(1 / 5))
+        q_11 = b / (b + 2)  # both classes score 0
+        expected_bg = (kl(p, q_10) + kl(p_11, q_11)) / 2
+    assert loss_bg.item() == pytest.approx(expected_bg, rel=1e-5)
+
+
+def test_bernoulli_kl_is_finite_at_certain_probabilities():
+    """Probabilities of exactly 0 or 1 (a saturated softmax) are clamped to [EPS, 1 - EPS]."""
+    kl = bernoulli_kl(torch.tensor([0.0, 1.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 1.0, 1.0]))
+    assert torch.isfinite(kl).all()
+    expected = [math.log(2), math.log(2), 0.5 * math.log(0.5) + 0.5 * math.log(0.5 / 1e-5), 0.0]
+    np.testing.assert_allclose(kl.tolist(), expected, rtol=1e-3, atol=1e-4)
+
+
+def test_purity_weights_change_the_losses():
+    batch, cam = loss_batch(), teacher_cam()
+    cam[:, 3, 0, 0] = 0.8  # ambiguous cells weigh more
+    cam[:, 3, 3, 3] = -1.0
+    student = torch.randn(cam.shape, generator=torch.Generator().manual_seed(0))
+    settings = dict(CSD, confidence=0.0)
+    plain = csd_losses(cam, student, student, batch, settings)
+    weighted = csd_losses(cam, student, student, batch, dict(settings, purity=True))
+    assert all(abs(a.item() - b.item()) > 1e-4 for a, b in zip(plain, weighted))
+
+
+class SpyCAMNet(CAMNet):
+    """CAMNet that keeps what its feature pass saw and the features' gradient."""
+
+    def features(self, x):
+        self.seen = x.detach().clone()
+        self.feats = super().features(x)
+        if self.feats.requires_grad:  # not in the EMA copy's pass
+            self.feats.retain_grad()
+        return self.feats
+
+
+def pair_batch():
+    """Two hand-made pairs at 32 x 32 (2 x 2 cells): distinct random images, rectangular
+    masks, source classes 3 and 7 into targets holding {14} and {3, 14}."""
+    g = torch.Generator().manual_seed(0)
+    fg = torch.zeros(2, 32, 32)
+    fg[0, :16, :16] = 1  # exactly cell (0, 0)
+    fg[1, 8:24, 8:24] = 1
+    target_bg = torch.zeros(2, 32, 32)
+    target_bg[0, :, 16:] = 1
+    target_bg[1, :16] = 1  # overlaps the pasted object in rows 8-15
+    return {"image": torch.randn(2, 3, 32, 32, generator=g),
+            "label": torch.tensor(np.array([onehot(1), onehot(2)]), dtype=torch.float32),
+            "source_image": torch.randn(2, 3, 32, 32, generator=g),
+            "target_image": torch.randn(2, 3, 32, 32, generator=g),
+            "source_fg": fg, "target_bg": target_bg, "source_class": torch.tensor([3, 7]),
+            "target_label": torch.tensor(np.array([onehot(14), onehot(3, 14)]),
+                                         dtype=torch.float32)}
+
+
+def test_csd_step_composes_x_fg_x_bg_and_their_labels():
+    batch = pair_batch()
+    model = SpyCAMNet(BACKBONE)
+    seen_targets = []
+
+    def criterion(logits, targets):
+        seen_targets.append(targets)
+        return F.multilabel_soft_margin_loss(logits, targets)
+
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, CSD, criterion, "cpu")
+    x, x_fg, x_bg, source = model.seen.split(2)
+    s, t = batch["source_image"], batch["target_image"]
+    torch.testing.assert_close(x, batch["image"])
+    torch.testing.assert_close(source, s)  # the in-batch teacher's input
+    expected_fg = t.clone()
+    expected_fg[0, :, :16, :16] = s[0, :, :16, :16]
+    expected_fg[1, :, 8:24, 8:24] = s[1, :, 8:24, 8:24]
+    torch.testing.assert_close(x_fg, expected_fg)
+    expected_bg = t.clone()
+    expected_bg[0, :, :, 16:] = s[0, :, :, 16:]  # the target's background, no object there
+    expected_bg[1, :, :16] = s[1, :, :16]
+    expected_bg[1, :, 8:16, 8:24] = t[1, :, 8:16, 8:24]  # the pasted object's pixels: T's
+    torch.testing.assert_close(x_bg, expected_bg)
+    # labels: x's, X_fg's (the target's and the pasted class), X_bg's (the target's)
+    expected_labels = torch.tensor(np.array([onehot(1), onehot(2), onehot(3, 14),
+                                             onehot(3, 7, 14), onehot(14), onehot(3, 14)]),
+                                   dtype=torch.float32)
+    torch.testing.assert_close(seen_targets[0], expected_labels)
+    # the decoupling losses read the raw (pre-ReLU) maps of X_fg, X_bg and S
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0,
+                        dict(CSD, confidence=-1.0), criterion, "cpu")
+    maps = model.cam_from_features(model.feats.detach(), relu=False)
+    assert (maps < 0).any()
+    expected = csd_losses(maps[6:], maps[2:4], maps[4:6], batch, dict(CSD, confidence=-1.0))
+    torch.testing.assert_close(torch.stack([parts["fg"], parts["bg"]]), torch.stack(expected))
+    # pasted_cls false: the classification loss of x only
+    seen_targets.clear()
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, pasted_cls=False),
+             criterion, "cpu")
+    torch.testing.assert_close(seen_targets[0], expected_labels[:2])
+    # no teacher pass in the batch during the warm-up, nor with the EMA teacher
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, warmup_epochs=1),
+             criterion, "cpu")
+    assert len(model.seen) == 6
+    model.feats = None  # the EMA copy deep-copies the model
+    csd_step(model, Teacher(model, "ema", 0.9), batch, 0, CSD, criterion, "cpu")
+    assert len(model.seen) == 6
+
+
+def test_total_loss_gradient_on_the_features_follows_the_lambdas():
+    """d(total)/d(features) = d(cls) + lambda_fg d(L_fg) + lambda_bg d(L_bg): the
+    classification gradient alone at lambda 0, growing linearly with each lambda."""
+    batch = pair_batch()
+    torch.manual_seed(0)
+    model = SpyCAMNet(BACKBONE)
+    criterion = nn.MultiLabelSoftMarginLoss()
+    base = dict(CSD, confidence=-1.0)  # every cell inside a region counts
+
+    def gradient(part=None, **lambdas):
+        model.zero_grad()
+        loss, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0,
+                               dict(base, **lambdas), criterion, "cpu")
+        (parts[part] if part else loss).backward()
+        return model.feats.grad.clone()
+
+    cls, fg, bg = gradient("cls"), gradient("fg"), gradient("bg")
+    assert fg.abs().sum() > 0 and bg.abs().sum() > 0
+    scale = cls.abs().max()
+    close = dict(atol=1e-5 * scale, rtol=1e-4)
+    torch.testing.assert_close(gradient(lambda_fg=0.0, lambda_bg=0.0), cls, **close)
+    torch.testing.assert_close(gradient(lambda_fg=1.0, lambda_bg=0.0), cls + fg, **close)
+    torch.testing.assert_close(gradient(lambda_fg=2.0, lambda_bg=0.0), cls + 2 * fg, **close)
+    torch.testing.assert_close(gradient(lambda_fg=0.0, lambda_bg=3.0), cls + 3 * bg, **close)
+    torch.testing.assert_close(gradient(lambda_fg=1.0, lambda_bg=1.0), cls + fg + bg,
+                               **close)
 
 
 def test_losses_only_on_confident_cells():
@@ -309,13 +557,23 @@ def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, mo
         assert torch.equal(resumed[key], uninterrupted[key]), key
 
 
-def test_instance_pool_and_instances(voc):
+def test_instance_pool_and_instances(voc, tmp_path):
     root, ids, labels = voc
     pool = instance_pool(ids, labels, root / "SegmentationClass", (0.01, 0.7))
     singles = {i for i in ids if labels[i].sum() == 1}
-    assert pool and {i for i, _ in pool} <= singles
+    # every single-class image: the squares cover 3-16% of their images
+    assert {i for i, _ in pool} == singles and len(pool) == len(singles)
     assert all(labels[i][c] == 1 for i, c in pool)
     assert instance_pool(ids, labels, root / "SegmentationClass", (0.9, 1.0)) == []
+    # the range includes its ends
+    first, c = pool[0]
+    area = float((load_label_png(root / "SegmentationClass" / f"{first}.png") == c + 1).mean())
+    assert [i for i, _ in instance_pool(ids, labels, root / "SegmentationClass",
+                                        (area, area))] == [first]
+    # a mask without the class is no instance, whatever the range
+    for i in ids:
+        save_png(tmp_path / f"{i}.png", np.zeros((8, 8), np.uint8), palette())
+    assert instance_pool(ids, labels, tmp_path, (0.0, 1.0)) == []
     image_id, cls = pool[0]
     image = load_image(root / "JPEGImages" / f"{image_id}.jpg")
     mask = load_label_png(root / "SegmentationClass" / f"{image_id}.png")
@@ -327,18 +585,97 @@ def test_instance_pool_and_instances(voc):
 
 
 def test_paste_batch_pastes_first_half_and_adds_labels():
-    batch = {"image": torch.zeros(4, 3, 8, 8), "label": torch.zeros(4, 20),
+    batch = {"image": torch.full((4, 3, 8, 8), 2.0), "label": torch.zeros(4, 20),
              "paste_image": torch.ones(4, 3, 8, 8), "paste_mask": torch.zeros(4, 8, 8),
-             "paste_class": torch.tensor([5, -1, 7, 9])}
+             "paste_class": torch.tensor([-1, 5, 7, 9])}
     batch["paste_mask"][:, 2:4, 2:4] = 1
-    images, labels = paste_batch(batch, 0.5)
-    assert images[0].sum() == 3 * 4 and labels[0, 5] == 1
-    assert images[1].sum() == 0 and labels[1].sum() == 0  # nothing to paste
-    assert images[2:].sum() == 0 and labels[2:].sum() == 0  # second half untouched
-    assert batch["image"].sum() == 0  # the batch itself is not modified
+    images, labels = paste_batch(batch, 0.75)
+    assert images[0].sum() == 2 * 3 * 64 and labels[0].sum() == 0  # nothing to paste
+    for i, cls in ((1, 5), (2, 7)):  # 4 pixels of 1, the rest of 2
+        assert images[i].sum() == 3 * (4 + 2 * 60) and labels[i].tolist() == onehot(cls).tolist()
+    assert images[3].sum() == 2 * 3 * 64 and labels[3].sum() == 0  # beyond the fraction
+    assert batch["image"].sum() == 2 * 4 * 3 * 64  # the batch itself is not modified
 
 
-def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path):
+def test_make_instance_cuts_scales_and_places_the_object():
+    """A tall 10 x 6 box (rows 3-12, columns 2-7) of one colour: without rotation its
+    longer side becomes size_range * crop (16 of 32), the piece 16 x 10 anywhere on the
+    canvas; with rotation up to 90 degrees it lies tall or wide, never cropped."""
+    image = np.full((20, 20, 3), 50, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    image[3:13, 2:8] = (200, 100, 30)
+    mask[3:13, 2:8] = 5  # class 4
+    mask[0, 0] = 3  # another class's pixel: not part of the instance
+    colour = (torch.tensor([200, 100, 30]) / 255 - torch.tensor(MEAN)) / torch.tensor(STD)
+    settings = dict(CDA, rotation=0, size_range=[0.5, 0.5])
+    torch.manual_seed(0)
+    corners = set()
+    for _ in range(300):
+        canvas, canvas_mask = make_instance(image, mask, 4, 32, settings)
+        ys, xs = torch.nonzero(canvas_mask, as_tuple=True)
+        top, left = int(ys.min()), int(xs.min())
+        assert canvas_mask.sum() == 16 * 10 and canvas_mask[top:top + 16, left:left + 10].all()
+        torch.testing.assert_close(canvas[:, top:top + 16, left:left + 10],
+                                   colour[:, None, None].expand(3, 16, 10))
+        canvas[:, top:top + 16, left:left + 10] = 0
+        assert not canvas.any()  # nothing outside the piece
+        corners.add((top, left))
+    # every position with the piece inside the crop: rows 0-16, columns 0-22
+    assert {t for t, _ in corners} == set(range(17)) and {c for _, c in corners} == set(range(23))
+    shapes = set()
+    for _ in range(40):
+        _, canvas_mask = make_instance(image, mask, 4, 32, dict(settings, rotation=90))
+        ys, xs = torch.nonzero(canvas_mask, as_tuple=True)
+        height, width = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
+        shapes.add("tall" if height > 1.4 * width else "wide" if width > 1.4 * height else "")
+    assert {"tall", "wide"} <= shapes
+
+
+def test_with_instances_reads_the_round0_masks_and_pastes_nothing_without_absent_classes(
+        voc, tmp_path, capsys):
+    root, ids, labels = voc
+    transform = train_transform("long", [40, 56], 32)
+    # round-0 masks unlike the ground truth: each single-label image all object
+    round0 = tmp_path / "round0"
+    round0.mkdir()
+    for i in ids:
+        label = load_label_png(root / "SegmentationClass" / f"{i}.png")
+        classes = np.flatnonzero(labels[i])
+        save_png(round0 / f"{i}.png", np.full_like(label, classes[0] + 1), palette())
+    torch.manual_seed(0)
+    data = WithInstances(root, ids, labels, round0, transform, 32,
+                         dict(CDA, area_range=[0.5, 1.0], size_range=[1.0, 1.0], rotation=0))
+    pasted = [s for s in (data[i] for i in range(len(ids))) if s["paste_class"] >= 0]
+    assert pasted and all(s["paste_mask"].sum() >= 32 * 24 for s in pasted)  # whole images
+    # every image holds every class that has instances: nothing to paste
+    holds_all = {i: onehot(*np.flatnonzero(sum(labels.values()))) for i in ids}
+    holds_all[ids[0]] = labels[ids[0]]
+    data = WithInstances(root, ids, holds_all, round0, transform, 32, CDA)
+    assert "CDA instance pool: " in capsys.readouterr().err
+    for s in (data[i] for i in range(1, len(ids))):
+        assert s["paste_class"] == -1 and s["paste_image"].shape == (3, 32, 32)
+        assert s["paste_mask"].shape == (32, 32) and not s["paste_image"].any()
+        assert not s["paste_mask"].any()
+    WithInstances(root, ids, labels, round0, transform, 32, dict(CDA, area_range=[0.0, 0.01]))
+    err = capsys.readouterr().err
+    assert "CDA instance pool: 0 instances" in err
+    assert f"WARNING: CDA: no single-class pseudo mask in {round0} covers [0.0, 0.01]" in err
+    (round0 / f"{ids[3]}.png").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{round0}: no round-0 pseudo mask"):
+        WithInstances(root, ids, labels, round0, transform, 32, CDA)
+
+
+def test_train_cam_cda_clear_errors(voc, tmp_path):
+    root, ids, _ = voc
+    args = (root, ids, root / "labels.csv", root / "SegmentationClass", tmp_path / "m.pt",
+            tmp_path / "h.json")
+    with pytest.raises(KeyError, match=r"settings 'cda' lacks keys \['rotation'\]"):
+        train_cam_cda(*args, dict(TRAIN, cda={k: v for k, v in CDA.items() if k != "rotation"}))
+    with pytest.raises(ValueError, match="cda pastes between same-size crops"):
+        train_cam_cda(*args, dict(TRAIN, crop=None, cda=CDA))
+
+
+def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path, monkeypatch):
     root, ids, labels = voc
     torch.manual_seed(0)
     data = WithInstances(root, ids, labels, root / "SegmentationClass",
@@ -347,7 +684,41 @@ def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path):
         s = data[index]
         if s["paste_class"] >= 0:
             assert labels[ids[index]][s["paste_class"]] == 0
+    # Training: what each batch pasted, and what the network saw.
+    pasted, seen = [], []
+
+    def spy_paste(batch, fraction):
+        out = paste_batch(batch, fraction)
+        pasted.append((batch, out))
+        return out
+
+    class SpyCAMNet(CAMNet):
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return super().forward(x)
+
+    monkeypatch.setattr(copy_paste, "paste_batch", spy_paste)
+    monkeypatch.setattr(copy_paste, "CAMNet", SpyCAMNet)
     settings = dict(TRAIN, cda=CDA)
     history = train_cam_cda(root, ids, root / "labels.csv", root / "SegmentationClass",
                             tmp_path / "m.pt", tmp_path / "h.json", settings)
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
+    assert len(pasted) == len(seen) == 2 * (len(ids) // TRAIN["batch_size"])
+    share = []
+    for (batch, (images, targets)), x in zip(pasted, seen):
+        torch.testing.assert_close(x, images)
+        for i in range(len(images)):
+            changed = (images[i] != batch["image"][i]).any(dim=0)
+            cls = int(batch["paste_class"][i])
+            if i < len(images) * CDA["paste_fraction"] and cls >= 0:
+                # exactly the instance's pixels (where it differs from the image) change
+                differs = (batch["paste_image"][i] != batch["image"][i]).any(dim=0)
+                assert torch.equal(changed, (batch["paste_mask"][i] > 0) & differs)
+                assert targets[i, cls] == 1 and batch["label"][i, cls] == 0
+                targets[i, cls] = 0
+            else:
+                assert not changed.any()
+            torch.testing.assert_close(targets[i], batch["label"][i])
+            share.append(changed.float().mean())
+    # half of each batch pasted, instances of 0.2-0.7 of the crop's side
+    assert 0.01 < torch.stack(share).mean() < 0.5 * 0.7 ** 2

@@ -16,7 +16,7 @@ from csd.deeplab import (DeepLabV2, build_deeplab, load_deeplab, param_groups,
 from csd.infer_seg import ARCHIVE_DIR, crf_refine, infer_deeplab, segment
 from csd.infer_seg import pack_test_archive
 from csd.io import save_png, save_torch
-from csd.train_seg import train_deeplab
+from csd.train_seg import epochs_for, train_deeplab
 from csd.voc import load_label_png, palette
 from tests.conftest import make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
@@ -200,6 +200,10 @@ def test_train_deeplab_resume_equals_uninterrupted(voc, trained, tmp_path, monke
     with pytest.raises(Killed):
         train_deeplab(*args)
     assert (tmp_path / "seg.pth.ckpt").exists() and not (tmp_path / "seg.pth").exists()
+    # SGD with the settings' momentum and weight decay
+    groups = torch.load(tmp_path / "seg.pth.ckpt", weights_only=False)["optimizer"]["param_groups"]
+    assert {(g["momentum"], g["weight_decay"]) for g in groups} == {
+        (TRAIN["momentum"], TRAIN["weight_decay"])}
     monkeypatch.undo()
     torch.manual_seed(12345)  # the restarted process starts from other RNG states
     assert train_deeplab(*args) == trained[1]
@@ -214,11 +218,27 @@ def test_train_deeplab_names_missing_mask(voc, tmp_path):
     masks = tmp_path / "masks"
     for image_id in ids[1:]:
         save_png(masks / f"{image_id}.png", np.zeros((8, 8), np.uint8), palette())
-    with pytest.raises(FileNotFoundError, match=ids[0]):
+    with pytest.raises(FileNotFoundError, match=f"{masks}: no pseudo mask PNG for 1 ids.*{ids[0]}"):
         train_deeplab(root, ids, masks, tmp_path / "m.pth", tmp_path / "h.json", TRAIN)
-    with pytest.raises(ValueError, match="iterations"):
-        train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "m.pth",
-                      tmp_path / "h.json", dict(TRAIN, epochs=3))
+    args = (root, ids, root / "SegmentationClass", tmp_path / "m.pth", tmp_path / "h.json")
+    with pytest.raises(ValueError, match="settings 'train_seg' counts 'iterations'; drop its "
+                       "'epochs' key"):
+        train_deeplab(*args, dict(TRAIN, epochs=3))
+    with pytest.raises(KeyError, match=r"settings 'train_seg' lacks keys \['lr'\]"):
+        train_deeplab(*args, {k: v for k, v in TRAIN.items() if k != "lr"})
+    with pytest.raises(ValueError, match="starts from no weights .* BatchNorm would keep random "
+                       "statistics; set freeze_bn false"):
+        train_deeplab(*args, dict(TRAIN, backbone=dict(BACKBONE, pretrained="none")))
+    with pytest.raises(ValueError, match="train_seg: 8 images are fewer than batch_size 9"):
+        train_deeplab(*args, dict(TRAIN, batch_size=9))
+
+
+def test_epochs_for_rounds_iterations_to_whole_epochs_of_full_batches():
+    assert epochs_for(20000, 10582, 10) == 19  # the recipe: 1058 steps per epoch
+    assert epochs_for(10, 11, 4) == 5  # 2 full batches per epoch (the last 3 images dropped)
+    assert epochs_for(1, 8, 4) == 1  # at least one epoch
+    assert epochs_for(5, 4, 4) == 5  # one step per epoch
+    assert epochs_for(5, 3, 4) == 5  # no full batch: counted as one step
 
 
 def random_image(h=40, w=52, seed=0):
