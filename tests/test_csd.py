@@ -631,6 +631,20 @@ def test_make_instance_cuts_scales_and_places_the_object():
     assert {"tall", "wide"} <= shapes
 
 
+def test_make_instance_rotates_piece_and_mask_together(monkeypatch):
+    """At exactly 90 degrees the tall 10 x 6 box lies wide, 10 x 16, its mask whole."""
+    image = np.full((20, 20, 3), 50, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    image[3:13, 2:8] = (200, 100, 30)
+    mask[3:13, 2:8] = 5
+    monkeypatch.setattr(copy_paste, "uniform", lambda lo, hi: hi)  # angle 90, side 16
+    canvas, canvas_mask = make_instance(image, mask, 4, 32, dict(CDA, rotation=90,
+                                                                 size_range=[0.2, 0.5]))
+    ys, xs = torch.nonzero(canvas_mask, as_tuple=True)
+    top, left = int(ys.min()), int(xs.min())
+    assert canvas_mask.sum() == 10 * 16 and canvas_mask[top:top + 10, left:left + 16].all()
+
+
 def test_with_instances_reads_the_round0_masks_and_pastes_nothing_without_absent_classes(
         voc, tmp_path, capsys):
     root, ids, labels = voc
