@@ -16,7 +16,7 @@ from csd import copy_paste
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.decoupling import (
     PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
-    background_probs, bernoulli_kl, paste, purity_weights, seed_scores, source_probs,
+    background_probs, bernoulli_kl, purity_weights, seed_scores, source_probs,
     train_cam_csd, transition)
 from csd.transforms import train_transform
 from csd.io import save_png
