@@ -174,7 +174,7 @@ def test_train_cam_discards_checkpoint_of_other_settings(voc, tmp_path, monkeypa
         train_cam(root, ids, root / "labels.csv", *paths, TRAIN)
     monkeypatch.undo()
     capsys.readouterr()
-    train_cam(root, ids[::-1], root / "labels.csv", *paths, dict(TRAIN, epochs=1))
+    train_cam(root, ids[::-1], root / "labels.csv", *paths, TRAIN)
     assert "discarding" in capsys.readouterr().err
 
 
@@ -184,7 +184,7 @@ def test_train_cam_clear_errors(voc, tmp_path):
                        r"\(drop_last would leave no batch\)"):
         train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
                   dict(TRAIN, batch_size=9))
-    with pytest.raises(KeyError, match="momentum"):
+    with pytest.raises(KeyError, match=r"settings 'train_cam' lacks keys \['momentum'\]"):
         train_cam(root, ids, root / "labels.csv", tmp_path / "m.pth", tmp_path / "h.json",
                   {k: v for k, v in TRAIN.items() if k != "momentum"})
     with pytest.raises(KeyError, match="labels.csv"):

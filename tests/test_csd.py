@@ -16,7 +16,7 @@ from csd import copy_paste
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.decoupling import (
     PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
-    background_probs, bernoulli_kl, paste, purity_weights, seed_scores, source_probs,
+    background_probs, bernoulli_kl, purity_weights, seed_scores, source_probs,
     train_cam_csd, transition)
 from csd.transforms import train_transform
 from csd.io import save_png
@@ -629,6 +629,20 @@ def test_make_instance_cuts_scales_and_places_the_object():
         height, width = int(ys.max() - ys.min()) + 1, int(xs.max() - xs.min()) + 1
         shapes.add("tall" if height > 1.4 * width else "wide" if width > 1.4 * height else "")
     assert {"tall", "wide"} <= shapes
+
+
+def test_make_instance_rotates_piece_and_mask_together(monkeypatch):
+    """At exactly 90 degrees the tall 10 x 6 box lies wide, 10 x 16, its mask whole."""
+    image = np.full((20, 20, 3), 50, np.uint8)
+    mask = np.zeros((20, 20), np.uint8)
+    image[3:13, 2:8] = (200, 100, 30)
+    mask[3:13, 2:8] = 5
+    monkeypatch.setattr(copy_paste, "uniform", lambda lo, hi: hi)  # angle 90, side 16
+    canvas, canvas_mask = make_instance(image, mask, 4, 32, dict(CDA, rotation=90,
+                                                                 size_range=[0.2, 0.5]))
+    ys, xs = torch.nonzero(canvas_mask, as_tuple=True)
+    top, left = int(ys.min()), int(xs.min())
+    assert canvas_mask.sum() == 10 * 16 and canvas_mask[top:top + 10, left:left + 16].all()
 
 
 def test_with_instances_reads_the_round0_masks_and_pastes_nothing_without_absent_classes(
