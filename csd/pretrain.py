@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from csd.backbone import load_resnet
 from csd.io import save_torch
-from csd.toyvoc import CONTEXTS, check_settings, plan_image, render_image
+from csd.toyvoc import CONTEXTS, check_settings, jpeg_bytes, plan_image, render_image
 from csd.training import fit, require, seed_everything
 from csd.transforms import train_transform
 from csd.voc import CLASSES
@@ -44,13 +44,12 @@ def render_set(world, n_images):
                  sbd_overlap=0)
     check_settings(world)
     images, targets = [], np.zeros((n_images, NUM_TARGETS), np.float32)
-    quality = [cv2.IMWRITE_JPEG_QUALITY, int(world["jpeg_quality"])]
     for index in tqdm(range(n_images), desc="pretrain: rendering", file=sys.stderr,
                       dynamic_ncols=True, mininterval=10):
         plan = plan_image(world, index)
         image, _, _, kept = render_image(world, plan)
-        _, data = cv2.imencode(".jpg", image[..., ::-1], quality)
-        images.append(np.ascontiguousarray(cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]))
+        data = np.frombuffer(jpeg_bytes(image, world["jpeg_quality"]), np.uint8)
+        images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
         for inst in kept:
             targets[index, inst["cls"]] = 1
         targets[index, len(CLASSES) + plan["context"]] = 1

@@ -628,12 +628,17 @@ def annotation_xml(plan, instances):
     return "\n".join(lines) + "\n"
 
 
-def _write_jpeg(path, image, quality):
+def jpeg_bytes(image, quality, name="image"):
+    """An RGB uint8 image as the JPEG bytes toyvoc writes (also what pretraining decodes)."""
     ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                             [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     if not ok:
-        raise RuntimeError(f"JPEG encoding failed for {path}")
-    Path(path).write_bytes(data.tobytes())
+        raise RuntimeError(f"JPEG encoding failed for {name}")
+    return data.tobytes()
+
+
+def _write_jpeg(path, image, quality):
+    Path(path).write_bytes(jpeg_bytes(image, quality, path))
 
 
 def summarize(settings, records, splits):
