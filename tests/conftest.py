@@ -69,9 +69,9 @@ def snakemake(workdir, *args, configs=(), check=True, timeout=1800, env=None, sn
     """Run the repository's workflow in `workdir` in a subprocess (as a user would)."""
     cmd = [sys.executable, "-m", "snakemake", "-s", str(snakefile or REPO / "Snakefile"),
            "-d", str(workdir)]
-    for config in configs:
-        cmd += ["--configfile", str(config)]
     cmd += list(args)
+    if configs:  # one option, last: a repeated --configfile keeps only its last value
+        cmd += ["--configfile", *map(str, configs)]
     full_env = dict(os.environ, **(env or {}))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=workdir)

@@ -3,6 +3,7 @@
 import re
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, snakemake
 
@@ -39,6 +40,22 @@ def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
     for method in ("irn", "irn_csd", "irn_cda"):
         for seed in (0, 1, 2):
             assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
+
+
+def test_dry_run_of_the_unbiased_control(tmp_path):
+    configs = [REPO / "config/benchmark.yaml", REPO / "config/benchmark_control.yaml"]
+    proc = snakemake(tmp_path, "-n", configs=configs)
+    text = proc.stdout + proc.stderr
+    assert re.search(r"^train_cam\s+1\s*$", text, re.M), text
+    assert re.search(r"^pretrain_backbone\s+1\s*$", text, re.M), text
+    assert "results/benchmark_control/irn/seed0/seed_metrics.json" in text
+    assert "data/benchmark_control/pretrain/resnet18.pth" in text
+    assert "results/benchmark/" not in text and "data/benchmark/" not in text
+    # the control changes the benchmark's world, not its pretraining world
+    benchmark, control = (yaml.safe_load(c.read_text()) for c in configs)
+    assert control["dataset"]["toyvoc"]["context_strength"] == 0
+    assert (control["pretrain_backbone"]["world"]["context_strength"]
+            == benchmark["dataset"]["toyvoc"]["context_strength"])
 
 
 def gpu_rules():
