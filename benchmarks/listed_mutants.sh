@@ -48,23 +48,36 @@ EOF
 
 CSD_UNIT=(tests/test_csd.py -k "hand_computed or composes or lambdas")
 mutant csd_losses_times_0 csd/decoupling.py \
-    'loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg' \
-    'loss = loss_cls + 0 * (settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg)' \
+    'loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]' \
+    'loss = loss_cls + 0 * (settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"])' \
     "${CSD_UNIT[@]}"
 mutant csd_x_bg_pasted_with_fg_mask csd/decoupling.py \
     'x_bg = paste(source, target, (1 - fg_mask) * batch["target_bg"])' \
     'x_bg = paste(source, target, fg_mask)' "${CSD_UNIT[@]}"
 mutant csd_pasted_class_dropped_from_y_fg csd/decoupling.py \
-    'y_fg = torch.maximum(batch["target_label"],' \
-    'y_fg = batch["target_label"]; _ = torch.maximum(batch["target_label"],' "${CSD_UNIT[@]}"
+    'return torch.maximum(y_t, F.one_hot(batch["source_class"], NUM_CLASSES).to(y_t.dtype)), y_t' \
+    'return y_t, y_t' "${CSD_UNIT[@]}"
 mutant csd_lambdas_ignored csd/decoupling.py \
-    'loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg' \
-    'loss = loss_cls + loss_fg + loss_bg' "${CSD_UNIT[@]}"
+    'loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]' \
+    'loss = loss_cls + terms["fg"] + terms["bg"]' "${CSD_UNIT[@]}"
 mutant csd_kl_reversed csd/decoupling.py \
-    'kl = bernoulli_kl(teacher_p, student_p)' 'kl = bernoulli_kl(student_p, teacher_p)' \
+    'return (bernoulli_kl(teacher_c, student_c), bernoulli_kl(teacher_bg, student_bg),' \
+    'return (bernoulli_kl(student_c, teacher_c), bernoulli_kl(student_bg, teacher_bg),' \
     "${CSD_UNIT[@]}"
 mutant csd_kl_squared_difference csd/decoupling.py \
-    'kl = bernoulli_kl(teacher_p, student_p)' 'kl = 10 * (teacher_p - student_p) ** 2' \
+    'return (bernoulli_kl(teacher_c, student_c), bernoulli_kl(teacher_bg, student_bg),' \
+    'return (10 * (teacher_c - student_c) ** 2, 10 * (teacher_bg - student_bg) ** 2,' \
+    "${CSD_UNIT[@]}"
+mutant csd_reference_fg_term_reversed csd/decoupling.py \
+    'loss_fg = kl_term(log_p[rows, source_class], log_q[rows, source_class])' \
+    'loss_fg = kl_term(log_q[rows, source_class], log_p[rows, source_class])' \
+    "${CSD_UNIT[@]}"
+mutant csd_reference_teacher_scaled_in_bg csd/decoupling.py \
+    'log_p = F.log_softmax(with_background(teacher, background), dim=1)' \
+    'log_p = F.log_softmax(with_background(teacher, background) * settings["bg_scale"], dim=1)' \
+    "${CSD_UNIT[@]}"
+mutant csd_reference_bg_gated_like_fg csd/decoupling.py \
+    'return loss_fg, loss_bg, fg_gate, None' 'return loss_fg, loss_bg, fg_gate, fg_gate' \
     "${CSD_UNIT[@]}"
 mutant csd_zeroed_targets csd/decoupling.py \
     'x, y = batch["image"], batch["label"]' \

@@ -12,7 +12,16 @@ image (or, as an ablation, only the multi-label ones). Per sample:
     position, so the CAM cells of S and of the pasted image line up.
 The teacher is the same network in eval mode without gradient (or, as an ablation, an EMA
 copy). Inference is unchanged: the trained model is an ordinary CAMNet.
+
+Two forms of L_fg and L_bg (`losses`): "reference", the author's (zaiquanyang/PSD_WSSS,
+engine.py train_one_epoch), and "strict", this project's first reconstruction (each choice
+made them stronger: two-sided Bernoulli KLs at scale 10 with confidence gates). Both share
+the pasting, the cell selection, the purity weights and the reduction.
 """
+
+import math
+import sys
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,11 +33,21 @@ from csd.train_cam import CAM_CLASSIFIER
 from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
 
-CSD_KEYS = ("target", "temperature", "teacher", "ema_decay", "confidence", "bg_logit",
-            "bg_units", "scale", "purity", "purity_bg", "lambda_fg", "lambda_bg",
-            "warmup_epochs", "pasted_cls", "classifier_grad")
+CSD_KEYS = ("target", "temperature", "temperature_units", "teacher", "ema_decay", "losses",
+            "cam_units", "fg_temperature", "confidence", "bg_score", "bg_scale", "bg_logit",
+            "bg_units", "scale", "reduction", "purity", "purity_bg", "purity_scale",
+            "lambda_fg", "lambda_bg", "warmup_epochs", "pasted_cls", "classifier_grad")
 EPS = 1e-5
-MIN_RANGE = 0.1  # smallest CAM range that min-max normalisation divides by
+MIN_RANGE = 0.1  # smallest CAM range that the strict forms' min-max divides by
+AUTHOR_EPS = 1e-4  # the author's min-max denominator: (a - min) / (max - min + 1e-4)
+VOC_TRAIN_AUG = 10582  # the images the author's co-occurrence counts (and temperature) come from
+
+
+def choice(value, key, options):
+    """A settings value that must be one of `options`; the error names the key."""
+    if value not in options:
+        raise ValueError(f"settings 'csd.{key}' must be one of {list(options)}, got {value!r}")
+    return value
 
 
 def cooccurrence(label_vectors):
@@ -44,8 +63,21 @@ def cooccurrence(label_vectors):
     return counts
 
 
+def count_temperature(temperature, units, n_images):
+    """The co-occurrence temperature in counts of this dataset's N.
+
+    "count": as given (the author's: 10, on VOC train_aug's 10,582 images, where pairs count
+    in the hundreds and P is nearly one-hot; the same 10 on a few hundred images makes P
+    nearly uniform). "per_image": given for VOC train_aug's size and scaled to this
+    dataset's, temperature * n_images / 10582, so that N / temperature is the same share of
+    the images on any dataset and equal label statistics give equal draws."""
+    if choice(units, "temperature_units", ("per_image", "count")) == "count":
+        return float(temperature)
+    return temperature * n_images / VOC_TRAIN_AUG
+
+
 def transition(counts, temperature):
-    """P = row-softmax(N / temperature)."""
+    """P = row-softmax(N / temperature), temperature in counts."""
     logits = counts / temperature
     logits = logits - logits.max(axis=1, keepdims=True)
     p = np.exp(logits)
@@ -68,12 +100,14 @@ class PastePairs(Dataset):
 
     Yields the main sample's `image`, `label`, and `target_image`, `target_label`,
     `target_bg` (float, 1 = pseudo background), `source_image`, `source_fg` (float,
-    1 = pseudo label c_s + 1), `source_class`. Target and source get independent
+    1 = pseudo label c_s + 1), `source_class`, and what the draw was for the history:
+    `source_cooccurs` (1 when some other class of T shares a training image with c_s) and
+    `source_in_target` (1 when T holds c_s already). Target and source get independent
     augmentations of the same crop size; pasting keeps pixel positions.
     """
 
     def __init__(self, voc_root, ids, labels, mask_dir, transform, target="all",
-                 temperature=10.0):
+                 temperature=10.0, temperature_units="per_image"):
         if target not in ("all", "multi_label"):
             raise ValueError(f"settings 'csd.target' must be all or multi_label, got {target!r}")
         self.main = VOCDataset(voc_root, ids, labels=labels, transform=transform)
@@ -93,7 +127,9 @@ class PastePairs(Dataset):
         if len(self.targets) == 0:
             raise ValueError("settings 'csd.target: multi_label' but the training list has "
                              "no multi-label image")
-        self.transition = transition(cooccurrence(label_matrix), temperature)
+        self.counts = cooccurrence(label_matrix)
+        self.temperature = count_temperature(temperature, temperature_units, len(self.ids))
+        self.transition = transition(self.counts, self.temperature)
         self.pairs.require_masks("round-0 pseudo mask")
 
     def __len__(self):
@@ -112,6 +148,8 @@ class PastePairs(Dataset):
         source_class = self._draw(NUM_CLASSES, probs)
         pool = self.sources[source_class]
         source = self.pairs[int(pool[self._draw(len(pool))])]
+        classes = np.flatnonzero(np.asarray(target["label"]) > 0)
+        others = classes[classes != source_class]
         return {
             "image": sample["image"], "label": sample["label"],
             "target_image": target["image"], "target_label": target["label"],
@@ -119,6 +157,8 @@ class PastePairs(Dataset):
             "source_image": source["image"],
             "source_fg": (source["mask"] == source_class + 1).float(),
             "source_class": source_class,
+            "source_cooccurs": float((self.counts[others, source_class] > 1).any()),
+            "source_in_target": float(source_class in classes),
         }
 
 
@@ -128,10 +168,18 @@ def paste(source, target, mask):
     return mask * source + (1 - mask) * target
 
 
+def pasted_labels(batch):
+    """Labels of X_fg (T's and c_s) and of X_bg (T's)."""
+    y_t = batch["target_label"]
+    return torch.maximum(y_t, F.one_hot(batch["source_class"], NUM_CLASSES).to(y_t.dtype)), y_t
+
+
 def cells_inside(mask, size):
     """[B, H, W] pixel mask -> [B, h, w] bool: feature cells lying fully inside the mask."""
     return (1 - F.adaptive_max_pool2d(1 - mask[:, None], size))[:, 0] > 0.5
 
+
+# ---- strict forms (this project's first reconstruction) -------------------------------
 
 def channel_probs(maps, scale):
     """Per-cell class distribution [B, 20, h, w] of raw (pre-ReLU) class maps: min-max over
@@ -147,12 +195,25 @@ def channel_probs(maps, scale):
 
 def seed_scores(maps, hold_peak=False):
     """Seed-style scores of raw class maps: ReLU, divided by each map's spatial max (as
-    make_cam's seeds). Without a gradient (the teacher's confidence, purity) as is; as a
-    training target with `hold_peak`, the max held constant, since a gradient through 1/max
-    lets a loss shrink or sharpen whole maps instead of the scores at the pasted cells."""
+    make_cam's seeds). Without a gradient (the teacher's confidence) as is; as a training
+    target with `hold_peak`, the max held constant, since a gradient through 1/max lets a
+    loss shrink or sharpen whole maps instead of the scores at the pasted cells."""
     cam = F.relu(maps)
     peak = cam.amax(dim=(2, 3), keepdim=True)
     return cam / (peak.detach() if hold_peak else peak).clamp_min(MIN_RANGE)
+
+
+def cam_scores(maps, units):
+    """Non-negative class scores of raw class maps in `units`: "logit", the ReLU'd maps as
+    they are (ResNet: the classifier's logits; MCTformer: class attention x patch CAM, the
+    author's); "peak", each ReLU'd map over its own spatial peak held constant (in [0, 1],
+    the seeds' scale)."""
+    if units == "peak":
+        return seed_scores(maps, hold_peak=True)
+    if units == "logit":
+        return F.relu(maps)
+    raise ValueError(f"settings 'csd.bg_units' / 'csd.cam_units' must be logit or peak, "
+                     f"got {units!r}")
 
 
 def label_probs(scores, labels, bg_logit, scale):
@@ -166,15 +227,8 @@ def label_probs(scores, labels, bg_logit, scale):
 
 def background_probs(maps, labels, bg_logit, scale, units="logit"):
     """Per-cell background probability [B, h, w] from the ReLU'd class maps: a cell is
-    background when no labelled class scores above `bg_logit`. units "logit": the raw
-    scores; "peak": the seeds' scores with each map's peak held constant."""
-    if units == "peak":
-        scores = seed_scores(maps, hold_peak=True)
-    elif units == "logit":
-        scores = F.relu(maps)
-    else:
-        raise ValueError(f"settings 'csd.bg_units' must be logit or peak, got {units!r}")
-    return label_probs(scores, labels, bg_logit, scale)[:, 0]
+    background when no labelled class scores above `bg_logit` (in `units`)."""
+    return label_probs(cam_scores(maps, units), labels, bg_logit, scale)[:, 0]
 
 
 def bernoulli_kl(p, q):
@@ -184,57 +238,173 @@ def bernoulli_kl(p, q):
     return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
 
 
-def purity_weights(teacher_maps, source_labels, valid, settings):
-    """Pixel purity: the entropy of the teacher's seed distribution (background logit
-    `purity_bg`), softmax over each image's valid cells, scaled to mean 1: ambiguous cells
-    weigh more."""
-    probs = label_probs(seed_scores(teacher_maps), source_labels, settings["purity_bg"],
-                        settings["scale"])
-    entropy = -(probs * probs.clamp_min(EPS).log()).sum(dim=1)
-    logits = entropy.masked_fill(~valid, float("-inf")).flatten(1)
-    counts = valid.flatten(1).sum(dim=1, keepdim=True)
-    weights = torch.softmax(logits, dim=1).nan_to_num(0.0) * counts
-    return weights.view_as(entropy)
+def strict_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """Per-cell (L_fg, L_bg) and the teacher's gates of the strict forms.
 
-
-def decoupling_loss(teacher_p, student_p, valid, weights=None):
-    """Mean of KL(teacher || student) over the `valid` cells; 0 (still part of the graph)
-    when none is valid."""
-    kl = bernoulli_kl(teacher_p, student_p)
-    w = valid.float() if weights is None else valid.float() * weights
-    return (kl * w).sum() / valid.sum().clamp_min(1)
-
-
-def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
-    """(L_fg, L_bg) from raw class maps: the teacher's of S, the student's of X_fg and X_bg.
-
-    L_fg: on cells inside the pasted object where S's seed for c_s is above `confidence`,
-    X_fg must give c_s the share of the cell (channel min-max, softmax) it has in S.
-    L_bg: on cells inside the pasted background where S is background (c_s's map below
-    `bg_logit`, in `bg_units`) with probability above `confidence`, X_bg must be background
-    for T's classes as S is for c_s.
-    """
+    L_fg: X_fg must give c_s the share of the cell (channel min-max of the raw maps,
+    softmax at `scale`) it has in S, a two-sided Bernoulli KL; only where S's seed for c_s
+    is above `confidence`. L_bg: over {background, labelled classes} (softmax(scale *
+    [bg_logit, scores]) in `bg_units`), X_bg must be background for T's classes as S is for
+    c_s, a two-sided Bernoulli KL; only where S's background probability is above
+    `confidence`."""
     source_class = batch["source_class"]
-    source_labels = F.one_hot(source_class, NUM_CLASSES).float()
     rows = torch.arange(len(source_class), device=source_class.device)
     scale, confidence = settings["scale"], settings["confidence"]
-    teacher_seed = seed_scores(teacher_maps)[rows, source_class]
     teacher_c = channel_probs(teacher_maps, scale)[rows, source_class]
     student_c = channel_probs(maps_fg, scale)[rows, source_class]
     bg_logit, units = settings["bg_logit"], settings["bg_units"]
+    source_labels = F.one_hot(source_class, NUM_CLASSES).float()
     teacher_bg = background_probs(teacher_maps, source_labels, bg_logit, scale, units)
     student_bg = background_probs(maps_bg, batch["target_label"], bg_logit, scale, units)
+    fg_gate = seed_scores(teacher_maps)[rows, source_class] > confidence
+    return (bernoulli_kl(teacher_c, student_c), bernoulli_kl(teacher_bg, student_bg),
+            fg_gate, teacher_bg > confidence)
 
+
+# ---- reference forms (the author's) ---------------------------------------------------
+
+def minmax(x, dims):
+    """(x - min) / (max - min + 1e-4) over `dims`: the author's normalisation, over the
+    channels (dims 1) or over the cells (dims (2, 3))."""
+    low = x.amin(dim=dims, keepdim=True)
+    high = x.amax(dim=dims, keepdim=True)
+    return (x - low) / (high - low + AUTHOR_EPS)
+
+
+def kl_term(log_p, log_q):
+    """One term p * (log p - log q) of KL(p || q), from log-probabilities: the author keeps a
+    single class's term, which only raises q there (it is not a divergence: it can be < 0)."""
+    return log_p.exp() * (log_p - log_q)
+
+
+def with_background(scores, background):
+    """[B, 20, h, w] scores -> [B, 21, h, w] with a constant background score last."""
+    return torch.cat([scores, torch.full_like(scores[:, :1], background)], dim=1)
+
+
+def reference_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """Per-cell (L_fg, L_bg) and the teacher's gates of the author's forms, on the class
+    scores in `cam_units`.
+
+    L_fg: channel min-max of the scores; teacher softmax(cmm * fg_temperature), student
+    log_softmax(cmm); only c_s's term of the KL. Only where the teacher's spatially min-max
+    normalised map of c_s is above `confidence`.
+    L_bg: the scores of all 20 classes plus a constant background score `bg_score`; teacher
+    softmax(scores) unscaled, student log_softmax(bg_scale * scores); only the background's
+    term of the KL; no gate."""
+    units = settings["cam_units"]
+    teacher, student_fg, student_bg = (cam_scores(m, units)
+                                       for m in (teacher_maps, maps_fg, maps_bg))
+    source_class = batch["source_class"]
+    rows = torch.arange(len(source_class), device=source_class.device)
+    log_p = F.log_softmax(minmax(teacher, 1) * settings["fg_temperature"], dim=1)
+    log_q = F.log_softmax(minmax(student_fg, 1), dim=1)
+    loss_fg = kl_term(log_p[rows, source_class], log_q[rows, source_class])
+    background = settings["bg_score"]
+    log_p = F.log_softmax(with_background(teacher, background), dim=1)
+    log_q = F.log_softmax(with_background(student_bg, background) * settings["bg_scale"], dim=1)
+    loss_bg = kl_term(log_p[:, -1], log_q[:, -1])
+    fg_gate = minmax(teacher, (2, 3))[rows, source_class] > settings["confidence"]
+    return loss_fg, loss_bg, fg_gate, None
+
+
+LOSS_FORMS = {"reference": reference_losses, "strict": strict_losses}
+
+
+# ---- shared: cells, purity, reduction -------------------------------------------------
+
+def purity(maps, labels, settings):
+    """Pixel purity [B, h, w] of a pasted image's cells, from its own CAM without gradient
+    (the author's Pixel_Purity, window 1): the spatially min-max normalised scores of its
+    labelled classes plus a constant background channel `purity_bg`, normalised to sum 1 per
+    cell; entropy / log 21, 1 = most ambiguous."""
+    cam = minmax(cam_scores(maps.detach(), settings["cam_units"]), (2, 3))
+    cam = with_background(cam * labels[:, :, None, None], settings["purity_bg"])
+    dist = cam / cam.sum(dim=1, keepdim=True)
+    return -(dist * (dist + 1e-6).log()).sum(dim=1) / math.log(NUM_CLASSES + 1)
+
+
+def image_weights(valid, cell_purity=None, scale=1.0):
+    """Cell weights [B, h, w] that sum to 1 over each image's valid cells (all 0 for an
+    image without one): softmax(scale * purity) over them (ambiguous cells weigh more), or
+    uniform without purity."""
+    logits = torch.zeros(valid.shape, device=valid.device) if cell_purity is None else (
+        cell_purity.float() * scale)
+    logits = logits.masked_fill(~valid, float("-inf")).flatten(1)
+    return torch.softmax(logits, dim=1).nan_to_num(0.0).view_as(valid)
+
+
+class Cells(NamedTuple):
+    """One decoupling loss per cell, the cells it counts on, and their weights."""
+
+    loss: torch.Tensor  # [B, h, w]
+    valid: torch.Tensor  # [B, h, w] bool
+    weight: torch.Tensor  # [B, h, w], summing to 1 over each image's valid cells
+
+
+def reduce_cells(cells, reduction):
+    """One loss from per-cell losses. "image" (the author's): the weighted sum over each
+    image's cells, summed over the batch and divided by the batch size (an image without
+    valid cells counts 0). "pooled": the mean over all valid cells of the batch (with purity,
+    each image's weights scaled to mean 1 over its cells), so images with many cells count
+    more and a batch with few valid cells weighs them as much as a full one."""
+    loss, valid, weight = cells
+    if choice(reduction, "reduction", ("image", "pooled")) == "image":
+        return (loss * weight).sum() / len(loss)
+    counts = valid.flatten(1).sum(dim=1).to(weight.dtype)[:, None, None]
+    return (loss * weight * counts).sum() / valid.sum().clamp_min(1)
+
+
+def csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """(fg, bg) Cells from raw class maps: the teacher's of S, the student's of X_fg and X_bg.
+
+    L_fg counts on the cells fully inside the pasted object, L_bg on those fully inside the
+    pasted background, each where the form's teacher gate (if any) lets it; with `purity`
+    the cells of each image are weighted by the purity of the pasted image's own CAM."""
+    form = LOSS_FORMS[choice(settings["losses"], "losses", LOSS_FORMS)]
+    loss_fg, loss_bg, fg_gate, bg_gate = form(teacher_maps, maps_fg, maps_bg, batch, settings)
     size = teacher_maps.shape[2:]
     fg_mask = batch["source_fg"]
-    fg_valid = cells_inside(fg_mask, size) & (teacher_seed > confidence)
-    bg_valid = cells_inside((1 - fg_mask) * batch["target_bg"], size) & (teacher_bg > confidence)
-    fg_weights = bg_weights = None
-    if settings["purity"]:
-        fg_weights = purity_weights(teacher_maps, source_labels, fg_valid, settings)
-        bg_weights = purity_weights(teacher_maps, source_labels, bg_valid, settings)
-    return (decoupling_loss(teacher_c, student_c, fg_valid, fg_weights),
-            decoupling_loss(teacher_bg, student_bg, bg_valid, bg_weights))
+    fg_valid = cells_inside(fg_mask, size) & fg_gate
+    bg_valid = cells_inside((1 - fg_mask) * batch["target_bg"], size)
+    if bg_gate is not None:
+        bg_valid = bg_valid & bg_gate
+    cells = []
+    for loss, valid, maps, labels in ((loss_fg, fg_valid, maps_fg, pasted_labels(batch)[0]),
+                                      (loss_bg, bg_valid, maps_bg, batch["target_label"])):
+        cell_purity = purity(maps, labels, settings) if settings["purity"] else None
+        cells.append(Cells(loss, valid, image_weights(valid, cell_purity,
+                                                      settings["purity_scale"])))
+    return tuple(cells)
+
+
+def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """(L_fg, L_bg) from raw class maps: the teacher's of S, the student's of X_fg and X_bg,
+    in the form `losses`, reduced as `reduction`."""
+    return tuple(reduce_cells(cells, settings["reduction"])
+                 for cells in csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings))
+
+
+def feature_gradient_norms(features, terms):
+    """{"grad_<term>": L2 norm of d(term) / d(features)} for each loss term (without its
+    lambda), on the backbone's output for the whole batch (ResNet: the last-stage feature
+    map; MCTformer: its class tokens, patch tokens and attention maps together): whether
+    the decoupling losses are of the classification loss's size. Each is a backward pass
+    through the heads only (the graph is kept for the training step), so it runs every
+    step."""
+    tensors = [features] if torch.is_tensor(features) else [  # csd.mct.Tokens' fields
+        t for t in vars(features).values() if torch.is_tensor(t)]
+    tensors = [t for t in tensors if t.requires_grad]
+    norms = {}
+    for name, term in terms.items():
+        total = torch.zeros(())
+        if tensors and term.requires_grad:
+            for grad in torch.autograd.grad(term, tensors, retain_graph=True,
+                                            allow_unused=True):
+                if grad is not None:
+                    total = total + grad.detach().float().pow(2).sum().cpu()
+        norms[f"grad_{name}"] = total.sqrt()
+    return norms
 
 
 class Teacher:
@@ -282,15 +452,16 @@ class Teacher:
 
 
 def csd_step(model, teacher, batch, epoch, settings, criterion, device):
-    """One CSD batch -> (loss, parts): classification, then the two decoupling losses."""
+    """One CSD batch -> (loss, parts): the classification loss, the two decoupling losses,
+    and what the history shows of them: each term's gradient norm on the features, the share
+    of images with valid fg / bg cells, and what the source draws were."""
     batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
     x, y = batch["image"], batch["label"]
     source, target = batch["source_image"], batch["target_image"]
     fg_mask = batch["source_fg"]
     x_fg = paste(source, target, fg_mask)
     x_bg = paste(source, target, (1 - fg_mask) * batch["target_bg"])
-    y_fg = torch.maximum(batch["target_label"],
-                         F.one_hot(batch["source_class"], NUM_CLASSES).float())
+    y_fg, y_bg = pasted_labels(batch)
     decouple = epoch >= settings["warmup_epochs"]
     n = len(x)
 
@@ -299,24 +470,30 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     logits = model.logits_from_features(features[:3 * n])
     teacher.update()
     if settings["pasted_cls"]:
-        loss_cls = criterion(logits, torch.cat([y, y_fg, batch["target_label"]]))
+        loss_cls = criterion(logits, torch.cat([y, y_fg, y_bg]))
     else:
         loss_cls = criterion(logits[:n], y)
+    draws = {"draw_cooccurs": batch["source_cooccurs"].float().mean(),
+             "draw_in_target": batch["source_in_target"].float().mean()}
     if not decouple:
-        return loss_cls, {"cls": loss_cls}
+        return loss_cls, {"cls": loss_cls, **draws}
 
     teacher_maps = teacher.maps(source, features[3 * n:])
     maps = model.cam_from_features(features[n:3 * n], relu=False,
                                    classifier_grad=settings["classifier_grad"])
-    loss_fg, loss_bg = csd_losses(teacher_maps, maps[:n], maps[n:], batch, settings)
-    loss = loss_cls + settings["lambda_fg"] * loss_fg + settings["lambda_bg"] * loss_bg
-    return loss, {"cls": loss_cls, "fg": loss_fg, "bg": loss_bg}
+    fg, bg = csd_cells(teacher_maps, maps[:n], maps[n:], batch, settings)
+    terms = {"cls": loss_cls, "fg": reduce_cells(fg, settings["reduction"]),
+             "bg": reduce_cells(bg, settings["reduction"])}
+    loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]
+    cells = {"fg_images": fg.valid.flatten(1).any(dim=1).float().mean(),
+             "bg_images": bg.valid.flatten(1).any(dim=1).float().mean()}
+    return loss, {**terms, **feature_gradient_norms(features, terms), **cells, **draws}
 
 
 def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history_out,
                   settings, device="cpu", classifier=CAM_CLASSIFIER):
     """train_cam with CSD (settings = the classifier's plus a `csd` section); writes the same
-    files as the classifier's own training, the history with cls/fg/bg loss parts.
+    files as the classifier's own training, the history with csd_step's parts per epoch.
     `classifier` (csd.train_cam.Classifier): the ResNet CAMNet, or csd.train_mct's
     MCTformer; the model gives features / logits_from_features / cam_from_features /
     classification_loss."""
@@ -324,7 +501,11 @@ def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
     csd = settings["csd"]
     require(csd, CSD_KEYS, "csd")
     dataset = PastePairs(voc_root, ids, labels, round0_mask_dir, transform,
-                         target=csd["target"], temperature=csd["temperature"])
+                         target=csd["target"], temperature=csd["temperature"],
+                         temperature_units=csd["temperature_units"])
+    print(f"CSD: co-occurrence temperature {dataset.temperature:.4g} counts over "
+          f"{len(dataset)} images (temperature {csd['temperature']}, "
+          f"{csd['temperature_units']})", file=sys.stderr)
     model = classifier.build(settings).to(device)
     teacher = Teacher(model, csd["teacher"], csd["ema_decay"])
     criterion = model.classification_loss

@@ -3,21 +3,25 @@ training run of each on a tiny VOC-like tree whose ground truth serves as round-
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import yaml
 
 from csd.backbone import MEAN, STD
 from csd.cam_net import CAMNet
 from csd import copy_paste
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
+from csd.config import ConfigError, validate_config
 from csd.decoupling import (
-    PastePairs, Teacher, cells_inside, channel_probs, cooccurrence, csd_losses, csd_step,
-    background_probs, bernoulli_kl, purity_weights, seed_scores, source_probs,
-    train_cam_csd, transition)
+    CSD_KEYS, Cells, PastePairs, Teacher, background_probs, bernoulli_kl, cells_inside,
+    channel_probs, cooccurrence, count_temperature, csd_cells, csd_losses, csd_step,
+    image_weights, purity, reduce_cells, seed_scores, source_probs, train_cam_csd,
+    transition)
 from csd.transforms import train_transform
 from csd.io import save_png
 from csd.voc import load_image, load_label_png, load_labels, palette
@@ -29,10 +33,18 @@ BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_st
 TRAIN = {"seed": 1, "backbone": BACKBONE, "batch_size": 4, "epochs": 2, "lr": 0.01,
          "classifier_lr_mult": 10, "weight_decay": 1e-4, "momentum": 0.9, "poly_power": 0.9,
          "resize_long": [40, 56], "crop": 32, "flip": True, "num_workers": 0}
-CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.5, "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0,
-       "purity": False, "purity_bg": 0.4, "lambda_fg": 1.0, "lambda_bg": 1.0,
-       "warmup_epochs": 0, "pasted_cls": True, "classifier_grad": True}
+# The author's forms, as config/config.yaml's csd section (classifier_grad on: the tests
+# check that the losses reach every layer)
+CSD = {"target": "all", "temperature": 10.0, "temperature_units": "per_image",
+       "teacher": "same", "ema_decay": 0.99, "losses": "reference", "cam_units": "peak",
+       "fg_temperature": 1.0, "confidence": 0.5, "bg_score": 0.1, "bg_scale": 10.0,
+       "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0, "reduction": "image",
+       "purity": True, "purity_bg": 0.4, "purity_scale": 1.0, "lambda_fg": 1.0,
+       "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": False, "classifier_grad": True}
+# The earlier reconstruction: strict forms, pooled over the batch, no purity, pasted images
+# classified, the temperature in counts
+STRICT = dict(CSD, losses="strict", reduction="pooled", purity=False, pasted_cls=True,
+              temperature_units="count")
 CDA = {"area_range": [0.01, 0.7], "rotation": 90, "size_range": [0.2, 0.7],
        "paste_fraction": 0.5}
 
@@ -129,8 +141,9 @@ def test_paste_pairs_domains_and_clear_errors(voc):
     data = PastePairs(root, ids, labels, masks, transform)
     assert np.flatnonzero(data.available).tolist() == [2]  # one source image is enough
     assert data.targets.tolist() == list(range(len(ids)))  # target "all": every image
-    np.testing.assert_allclose(data.transition,  # the default temperature, 10
-                               transition(cooccurrence([labels[i] for i in ids]), 10.0))
+    # the default temperature, 10 as on VOC train_aug, in this dataset's counts
+    np.testing.assert_allclose(data.transition, transition(
+        cooccurrence([labels[i] for i in ids]), 10.0 * len(ids) / 10582))
     only_one = dict({i: onehot(2) for i in ids}, **{ids[1]: onehot(0, 2)})
     data = PastePairs(root, ids, only_one, masks, transform, target="multi_label")
     assert data.targets.tolist() == [1]
@@ -157,6 +170,73 @@ def test_transition_is_finite_for_large_counts():
     assert np.isfinite(p).all()
     np.testing.assert_allclose(p.sum(axis=1), 1)
     assert p[0, 1] == pytest.approx(1.0) and p[5, 7] == pytest.approx(1 / 20)
+
+
+def test_temperature_per_image_draws_alike_on_datasets_of_any_size():
+    """per_image: the temperature is VOC train_aug's (10,582 images) scaled to the dataset,
+    so a dataset and the same labels ten times over draw alike; in counts they do not."""
+    assert count_temperature(10, "count", 200) == 10
+    assert count_temperature(10, "per_image", 10582) == pytest.approx(10)
+    assert count_temperature(10, "per_image", 1010) == pytest.approx(10 * 1010 / 10582)
+    small = [onehot(14), onehot(14), onehot(14, 12), onehot(14, 12), onehot(14, 12),
+             onehot(12), onehot(3), onehot(3, 7)] * 5  # 40 images
+    large = small * 10  # 400 images, the same statistics
+    draw = {n: {units: source_probs(transition(cooccurrence(labels), count_temperature(
+                    10, units, len(labels))), onehot(14), np.ones(20, bool))
+                for units in ("per_image", "count")}
+            for n, labels in (("small", small), ("large", large))}
+    np.testing.assert_allclose(draw["small"]["per_image"], draw["large"]["per_image"])
+    # per image, person (14) holds horse (12) in 15 of 40 images: nearly always drawn
+    assert draw["small"]["per_image"][12] > 0.9
+    # in counts: nearly uniform on 40 images (a difference of 15 counts at 10), not on 400
+    assert draw["small"]["count"][12] < 0.3 < draw["large"]["count"][12]
+    with pytest.raises(ValueError, match="csd.temperature_units"):
+        count_temperature(10, "images", 40)
+
+
+def test_paste_pairs_report_whether_the_source_cooccurs_with_the_target(voc):
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    data = PastePairs(root, ids, labels, root / "SegmentationClass",
+                      train_transform("long", [40, 56], 32), temperature=1.0,
+                      temperature_units="count")
+    label_sets = [set(np.flatnonzero(labels[i])) for i in ids]
+    seen = set()
+    for index in range(len(ids)):
+        s = data[index]
+        c, target = s["source_class"], set(np.flatnonzero(np.asarray(s["target_label"])))
+        assert s["source_in_target"] == float(c in target)
+        shares = any(c in held and (held & target) - {c} for held in label_sets)
+        assert s["source_cooccurs"] == float(shares)
+        seen.add((s["source_in_target"], s["source_cooccurs"]))
+    assert len(seen) > 1  # the test data has draws of more than one kind
+
+
+def test_csd_config_keys_are_the_codes_and_the_schema_checks_them():
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    schema_path = repo / "workflow/schemas/config.schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    assert set(config["csd"]) == set(CSD_KEYS) == set(
+        schema["properties"]["csd"]["required"])
+    # the tests' defaults are config.yaml's (but the classifier's gradient and the EMA rate)
+    assert config["csd"] == dict(CSD, classifier_grad=False, ema_decay=0.999)
+    assert set(config["csd_mct"]) <= set(CSD_KEYS)
+    validate_config(config, schema_path)
+    for key, bad in (("losses", "mild"), ("reduction", "mean"), ("temperature_units", "voc"),
+                     ("cam_units", "raw"), ("purity", "yes"), ("bg_scale", 0),
+                     ("fg_temperature", -1), ("purity_bg", 0)):
+        broken = dict(config, csd=dict(config["csd"], **{key: bad}))
+        with pytest.raises(ConfigError, match=rf"csd\.{key}\b"):
+            validate_config(broken, schema_path)
+    missing = dict(config, csd={k: v for k, v in config["csd"].items() if k != "losses"})
+    with pytest.raises(ConfigError, match="losses"):
+        validate_config(missing, schema_path)
+    with pytest.raises(ConfigError, match=r"csd_mct\.cam_units\b"):
+        validate_config(dict(config, csd_mct={"cam_units": "raw"}), schema_path)
+    with pytest.raises(ValueError, match="csd.losses"):
+        csd_losses(*[torch.zeros(1, 20, 2, 2)] * 3, loss_batch(size=16),
+                   dict(CSD, losses="mild"))
 
 
 def test_ema_teacher_averages_with_its_decay():
@@ -268,7 +348,7 @@ def teacher_cam(c=3):
 
 @pytest.mark.parametrize("purity", [False, True])
 def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
-    settings = dict(CSD, purity=purity)
+    settings = dict(STRICT, purity=purity)
     batch, cam = loss_batch(), teacher_cam()
     loss_fg, loss_bg = csd_losses(cam, cam.clone(), cam.clone(), batch, settings)
     assert loss_fg.item() == pytest.approx(0, abs=1e-6)
@@ -283,19 +363,16 @@ def test_losses_zero_when_student_equals_teacher_positive_otherwise(purity):
     assert loss_fg.item() > 0.1 and loss_bg.item() > 0.1
 
 
-@pytest.mark.parametrize("units", ["logit", "peak"])
-def test_losses_equal_hand_computed_values(units):
-    """One image, 2 x 3 cells of 2 x 2 pixels, source class 3, target labels {3, 7},
-    scale 1, confidence 0.5. The pasted object covers the top row, the pasted background
-    the bottom row."""
-    e = math.exp(1)
-    b = math.exp(0.15)  # the background score 0.15, exponentiated
-    settings = dict(CSD, scale=1.0, confidence=0.5, bg_logit=0.15, bg_units=units)
+def hand_made_maps():
+    """(teacher, student_fg, student_bg, batch): one image, 2 x 3 cells of 2 x 2 pixels,
+    source class 3, target labels {3, 7}; the pasted object covers the top row, the pasted
+    background the bottom row but cell (1, 2)."""
     fg = torch.zeros(1, 4, 6)
     fg[0, :2] = 1
     batch = {"source_class": torch.tensor([3]), "source_fg": fg,
-             "target_bg": torch.ones(1, 4, 6),  # but for cell (1, 2), below
+             "target_bg": torch.ones(1, 4, 6),
              "target_label": torch.tensor(np.array([onehot(3, 7)]), dtype=torch.float32)}
+    batch["target_bg"][0, 2:, 4:] = 0  # cell (1, 2): the target's object, not its background
     teacher = torch.zeros(1, 20, 2, 3)
     teacher[0, 3] = torch.tensor([[2.0, 1.0, 0.0], [0.0, 0.15, 0.0]])
     student_fg = torch.zeros(1, 20, 2, 3)
@@ -303,10 +380,21 @@ def test_losses_equal_hand_computed_values(units):
     student_bg = torch.zeros(1, 20, 2, 3)
     student_bg[0, 7, 1, 0] = 1.0
     student_bg[0, 3, 1, 0] = -1.0  # ReLU'd to 0
-    student_bg[0, 5, 1, 0] = 3.0  # not a target label: left out
-    student_bg[0, 7, 0, 2] = 5.0  # inside the pasted object: not L_bg's business (but the peak)
-    batch["target_bg"][0, 2:, 4:] = 0  # cell (1, 2): the target's object, not its background
-    loss_fg, loss_bg = csd_losses(teacher, student_fg, student_bg, batch, settings)
+    student_bg[0, 5, 1, 0] = 3.0
+    student_bg[0, 7, 0, 2] = 5.0  # inside the pasted object: not L_bg's cell (but the peak)
+    return teacher, student_fg, student_bg, batch
+
+
+@pytest.mark.parametrize("units", ["logit", "peak"])
+def test_losses_equal_hand_computed_values(units):
+    """One image, 2 x 3 cells of 2 x 2 pixels, source class 3, target labels {3, 7},
+    scale 1, confidence 0.5. The pasted object covers the top row, the pasted background
+    the bottom row."""
+    e = math.exp(1)
+    b = math.exp(0.15)  # the background score 0.15, exponentiated
+    settings = dict(STRICT, scale=1.0, confidence=0.5, bg_logit=0.15, bg_units=units)
+    # class 5 at the pasted background's cell (1, 0) is not a target label: left out
+    loss_fg, loss_bg = csd_losses(*hand_made_maps(), settings)
 
     def kl(p, q):  # KL(Bernoulli(p) || Bernoulli(q)), written out
         return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
@@ -330,6 +418,75 @@ def test_losses_equal_hand_computed_values(units):
     assert loss_bg.item() == pytest.approx(expected_bg, rel=1e-5)
 
 
+@pytest.mark.parametrize("units", ["logit", "peak"])
+def test_reference_losses_equal_hand_computed_values(units):
+    """The author's forms on hand_made_maps. No purity: uniform weights."""
+    e = math.exp
+    settings = dict(CSD, cam_units=units, purity=False)
+    # class 5 at the pasted background's cell (1, 0): not a target label, counted all the
+    # same (all 20 classes)
+    teacher, student_fg, student_bg, batch = hand_made_maps()
+    loss_fg, loss_bg = csd_losses(teacher, student_fg, student_bg, batch, settings)
+
+    # L_fg: the teacher's c_s map over the cells, min-max (+1e-4): 2/2.0001, 1/2.0001 (not
+    # above 0.5), 0: only cell (0, 0). There, channel min-max: the teacher's class 3 is the
+    # only non-zero class (a = 1 - 1e-4 / peak), the student's class 5 (b); only the c_s
+    # term of the KL, p log(p / q), teacher at fg_temperature 1.
+    peak_t, peak_s = (2.0, 4.0) if units == "logit" else (1.0, 1.0)
+    a, b = peak_t / (peak_t + 1e-4), peak_s / (peak_s + 1e-4)
+    p = e(a) / (e(a) + 19)
+    q = 1 / (e(b) + 19)
+    assert loss_fg.item() == pytest.approx(p * math.log(p / q), rel=1e-5)
+    # L_bg at cells (1, 0) and (1, 1), no gate: [20 classes, 0.1]; the teacher unscaled, the
+    # student x 10; only the background term of the KL; the mean of the two cells.
+    if units == "logit":
+        t_11 = 0.15  # the teacher's class 3 at (1, 1)
+        s_10 = [1.0, 3.0]  # the student's classes 7 and 5 at (1, 0)
+    else:  # each map over its own peak: the teacher's class 3 over 2; class 7 over 5, 5 over 3
+        t_11 = 0.15 / 2
+        s_10 = [1.0 / 5, 1.0]
+    p_10 = e(0.1) / (e(0.1) + 20)
+    p_11 = e(0.1) / (e(0.1) + 19 + e(t_11))
+    q_10 = e(1) / (e(1) + 18 + sum(e(10 * s) for s in s_10))
+    q_11 = e(1) / (e(1) + 20)
+    expected_bg = (p_10 * math.log(p_10 / q_10) + p_11 * math.log(p_11 / q_11)) / 2
+    assert loss_bg.item() == pytest.approx(expected_bg, rel=1e-4)
+    # a batch of two: the author divides by the batch size, an image without cells counts 0
+    empty = {k: torch.cat([v, v]) for k, v in batch.items()}
+    empty["source_fg"][1] = 0
+    empty["target_bg"][1] = 0
+    two = csd_losses(*(torch.cat([m, m]) for m in (teacher, student_fg, student_bg)),
+                     empty, settings)
+    assert [t.item() for t in two] == pytest.approx([loss_fg.item() / 2, expected_bg / 2],
+                                                    rel=1e-4)
+
+
+def test_reference_fg_is_one_sided():
+    """L_fg keeps only c_s's term of the KL, so a student giving c_s more of the cell than
+    the teacher does gets a loss below 0 (pushed further the same way), where the strict
+    two-sided KL is above 0 (pulled back to the teacher's share)."""
+    batch, teacher = loss_batch(), teacher_cam()
+    teacher[:, 5, :2, :2] = 2.5  # a second class at the object's cells: half of c_s there
+    teacher[:, 5, 3, 3] = 5.0  # (and its peak elsewhere, so also half in peak units)
+    student = teacher.clone()
+    student[:, 5, :2, :2] = 0.0  # the student gives c_s more of the cell
+    settings = dict(CSD, purity=False)
+    assert csd_losses(teacher, teacher, teacher, batch, settings)[0].item() == pytest.approx(
+        0, abs=1e-6)
+    # by hand: channel min-max 1 for c_s and 1/2 for class 5 (teacher), c_s alone (student)
+    a = 1 / (1 + 1e-4)
+    p = math.exp(a) / (math.exp(a) + math.exp(a / 2) + 18)
+    q = math.exp(a) / (math.exp(a) + 19)
+    loss = csd_losses(teacher, student, teacher, batch, settings)[0].item()
+    assert loss == pytest.approx(p * math.log(p / q), rel=1e-4) and loss < -1e-3
+    assert csd_losses(teacher, student, teacher, batch, STRICT)[0].item() > 1e-3
+    # a class firing on the pasted background raises L_bg, also one not labelled in T
+    loud = teacher.clone()
+    loud[:, 5, 2:, 2:] = 5.0
+    assert (csd_losses(teacher, teacher, loud, batch, settings)[1]
+            > csd_losses(teacher, teacher, teacher, batch, settings)[1] + 0.01)
+
+
 def test_bernoulli_kl_is_finite_at_certain_probabilities():
     """Probabilities of exactly 0 or 1 (a saturated softmax) are clamped to [EPS, 1 - EPS]."""
     kl = bernoulli_kl(torch.tensor([0.0, 1.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 1.0, 1.0]))
@@ -343,20 +500,18 @@ def test_purity_weights_change_the_losses():
     cam[:, 3, 0, 0] = 0.8  # ambiguous cells weigh more
     cam[:, 3, 3, 3] = -1.0
     student = torch.randn(cam.shape, generator=torch.Generator().manual_seed(0))
-    settings = dict(CSD, confidence=0.0)
+    settings = dict(STRICT, confidence=0.0)
     plain = csd_losses(cam, student, student, batch, settings)
     weighted = csd_losses(cam, student, student, batch, dict(settings, purity=True))
     assert all(abs(a.item() - b.item()) > 1e-4 for a, b in zip(plain, weighted))
 
 
 class SpyCAMNet(CAMNet):
-    """CAMNet that keeps what its feature pass saw and the features' gradient."""
+    """CAMNet that keeps what its feature pass saw and the features it gave."""
 
     def features(self, x):
         self.seen = x.detach().clone()
         self.feats = super().features(x)
-        if self.feats.requires_grad:  # not in the EMA copy's pass
-            self.feats.retain_grad()
         return self.feats
 
 
@@ -376,7 +531,10 @@ def pair_batch():
             "target_image": torch.randn(2, 3, 32, 32, generator=g),
             "source_fg": fg, "target_bg": target_bg, "source_class": torch.tensor([3, 7]),
             "target_label": torch.tensor(np.array([onehot(14), onehot(3, 14)]),
-                                         dtype=torch.float32)}
+                                         dtype=torch.float32),
+            # what PastePairs says of its draws (here made up)
+            "source_cooccurs": torch.tensor([1.0, 0.0]),
+            "source_in_target": torch.tensor([0.0, 0.0])}
 
 
 def test_csd_step_composes_x_fg_x_bg_and_their_labels():
@@ -388,7 +546,7 @@ def test_csd_step_composes_x_fg_x_bg_and_their_labels():
         seen_targets.append(targets)
         return F.multilabel_soft_margin_loss(logits, targets)
 
-    csd_step(model, Teacher(model, "same", 0.9), batch, 0, CSD, criterion, "cpu")
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, STRICT, criterion, "cpu")
     x, x_fg, x_bg, source = model.seen.split(2)
     s, t = batch["source_image"], batch["target_image"]
     torch.testing.assert_close(x, batch["image"])
@@ -409,40 +567,54 @@ def test_csd_step_composes_x_fg_x_bg_and_their_labels():
     torch.testing.assert_close(seen_targets[0], expected_labels)
     # the decoupling losses read the raw (pre-ReLU) maps of X_fg, X_bg and S
     _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0,
-                        dict(CSD, confidence=-1.0), criterion, "cpu")
+                        dict(STRICT, confidence=-1.0), criterion, "cpu")
     maps = model.cam_from_features(model.feats.detach(), relu=False)
     assert (maps < 0).any()
-    expected = csd_losses(maps[6:], maps[2:4], maps[4:6], batch, dict(CSD, confidence=-1.0))
+    expected = csd_losses(maps[6:], maps[2:4], maps[4:6], batch, dict(STRICT, confidence=-1.0))
     torch.testing.assert_close(torch.stack([parts["fg"], parts["bg"]]), torch.stack(expected))
+    # the author's forms on the same maps
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0, CSD, criterion, "cpu")
+    maps = model.cam_from_features(model.feats.detach(), relu=False)
+    expected = csd_losses(maps[6:], maps[2:4], maps[4:6], batch, CSD)
+    torch.testing.assert_close(torch.stack([parts["fg"], parts["bg"]]), torch.stack(expected))
+    # what the draws were, and which images had cells to learn from: pair 0's object covers
+    # cell (0, 0) exactly and its pasted background column 1; pair 1's object, in the middle,
+    # leaves no whole cell to either
+    assert parts["draw_cooccurs"].item() == 0.5 and parts["draw_in_target"].item() == 0.0
+    fg, bg = csd_cells(maps[6:], maps[2:4], maps[4:6], batch, CSD)
+    assert parts["fg_images"].item() == fg.valid.flatten(1).any(1).float().mean().item()
+    assert fg.valid[1].sum() == 0 and parts["fg_images"].item() <= 0.5
+    assert parts["bg_images"].item() == 0.5 and bg.valid[0].sum() == 2
     # pasted_cls false: the classification loss of x only
     seen_targets.clear()
-    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, pasted_cls=False),
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(STRICT, pasted_cls=False),
              criterion, "cpu")
     torch.testing.assert_close(seen_targets[0], expected_labels[:2])
     # no teacher pass in the batch during the warm-up, nor with the EMA teacher
-    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(CSD, warmup_epochs=1),
+    csd_step(model, Teacher(model, "same", 0.9), batch, 0, dict(STRICT, warmup_epochs=1),
              criterion, "cpu")
     assert len(model.seen) == 6
     model.feats = None  # the EMA copy deep-copies the model
-    csd_step(model, Teacher(model, "ema", 0.9), batch, 0, CSD, criterion, "cpu")
+    csd_step(model, Teacher(model, "ema", 0.9), batch, 0, STRICT, criterion, "cpu")
     assert len(model.seen) == 6
 
 
-def test_total_loss_gradient_on_the_features_follows_the_lambdas():
+@pytest.mark.parametrize("losses", ["reference", "strict"])
+def test_total_loss_gradient_on_the_features_follows_the_lambdas(losses):
     """d(total)/d(features) = d(cls) + lambda_fg d(L_fg) + lambda_bg d(L_bg): the
-    classification gradient alone at lambda 0, growing linearly with each lambda."""
+    classification gradient alone at lambda 0, growing linearly with each lambda; the
+    history's gradient norms are those of d(cls), d(L_fg), d(L_bg)."""
     batch = pair_batch()
     torch.manual_seed(0)
     model = SpyCAMNet(BACKBONE)
     criterion = nn.MultiLabelSoftMarginLoss()
-    base = dict(CSD, confidence=-1.0)  # every cell inside a region counts
+    # every cell inside a region counts
+    base = dict(STRICT if losses == "strict" else CSD, confidence=-1.0)
 
     def gradient(part=None, **lambdas):
-        model.zero_grad()
         loss, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0,
                                dict(base, **lambdas), criterion, "cpu")
-        (parts[part] if part else loss).backward()
-        return model.feats.grad.clone()
+        return torch.autograd.grad(parts[part] if part else loss, model.feats)[0]
 
     cls, fg, bg = gradient("cls"), gradient("fg"), gradient("bg")
     assert fg.abs().sum() > 0 and bg.abs().sum() > 0
@@ -454,30 +626,91 @@ def test_total_loss_gradient_on_the_features_follows_the_lambdas():
     torch.testing.assert_close(gradient(lambda_fg=0.0, lambda_bg=3.0), cls + 3 * bg, **close)
     torch.testing.assert_close(gradient(lambda_fg=1.0, lambda_bg=1.0), cls + fg + bg,
                                **close)
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0, base, criterion, "cpu")
+    for name, grad in (("cls", cls), ("fg", fg), ("bg", bg)):
+        assert parts[f"grad_{name}"].item() == pytest.approx(grad.norm().item(), rel=1e-4)
 
 
 def test_losses_only_on_confident_cells():
-    settings = dict(CSD, confidence=1.0)  # seed scores and probabilities never exceed 1
+    settings = dict(STRICT, confidence=1.0)  # seed scores and probabilities never exceed 1
     batch, cam = loss_batch(), teacher_cam()
     weak = torch.zeros_like(cam)
     loss_fg, loss_bg = csd_losses(cam, weak, weak, batch, settings)
     assert loss_fg.item() == 0 and loss_bg.item() == 0
 
 
-def test_purity_weights_mean_one_and_favour_ambiguous_cells():
-    cam = teacher_cam()
-    cam[:, 3, 0, 0] = 0.8  # an ambiguous cell inside the object
-    labels = torch.tensor(np.array([onehot(3), onehot(3)]), dtype=torch.float32)
-    valid = torch.zeros(2, 4, 4, dtype=torch.bool)
-    valid[:, :2, :2] = True
-    weights = purity_weights(cam, labels, valid, CSD)
-    assert weights[valid].mean().item() == pytest.approx(1.0)
+def test_purity_is_the_entropy_of_the_pasted_images_own_cam():
+    """Three cells of one image labelled {3}: class 3 scores 2, 1, 0 (logit units). Spatial
+    min-max gives 2/2.0001, 1/2.0001, 0; with the background channel 0.4 each cell is a
+    two-way distribution; entropy / log 21."""
+    maps = torch.zeros(1, 20, 1, 3)
+    maps[0, 3, 0] = torch.tensor([2.0, 1.0, 0.0])
+    maps[0, 5, 0] = torch.tensor([9.0, 0.0, 0.0])  # not a label of the image: left out
+    labels = torch.tensor(np.array([onehot(3)]), dtype=torch.float32)
+
+    def entropy(a):  # of (a, 0.4) / (a + 0.4), over log 21
+        x = a / (a + 0.4)
+        return -(x * math.log(x) + (1 - x) * math.log(1 - x)) / math.log(21) if a else 0.0
+
+    expected = [entropy(2 / 2.0001), entropy(1 / 2.0001), entropy(0.0)]
+    got = purity(maps, labels, dict(CSD, cam_units="logit"))
+    np.testing.assert_allclose(got[0, 0].tolist(), expected, atol=1e-5)
+    # the cell where class 3 is as strong as the background is the most ambiguous
+    assert got[0, 0, 1] > got[0, 0, 0] > got[0, 0, 2]
+    # peak units: the same (spatial min-max does not see a map's scale); no gradient
+    maps.requires_grad_(True)
+    peak = purity(maps, labels, CSD)
+    torch.testing.assert_close(peak, got, atol=1e-3, rtol=0)
+    assert not peak.requires_grad
+
+
+def test_purity_weights_sum_to_one_per_image_and_favour_ambiguous_cells():
+    valid = torch.zeros(3, 2, 2, dtype=torch.bool)
+    valid[0, 0] = True  # two cells
+    valid[1] = True  # four cells
+    # image 2: no valid cell
+    cell_purity = torch.tensor([[[0.9, 0.1], [1.0, 1.0]], [[0.0, 0.5], [1.0, 0.2]],
+                                [[0.3, 0.3], [0.3, 0.3]]])
+    weights = image_weights(valid, cell_purity, 1.0)
+    assert weights.flatten(1).sum(dim=1).tolist() == pytest.approx([1.0, 1.0, 0.0])
     assert torch.all(weights[~valid] == 0)
-    assert weights[0, 0, 0] > weights[0, 1, 1]
+    e = math.exp
+    assert weights[0, 0].tolist() == pytest.approx([e(0.9) / (e(0.9) + e(0.1)),
+                                                    e(0.1) / (e(0.9) + e(0.1))])
+    assert weights[1, 1, 0] == weights[1].max()  # the most ambiguous cell weighs most
+    # without purity: uniform over each image's valid cells
+    uniform = image_weights(valid)
+    assert uniform[0, 0].tolist() == [0.5, 0.5] and torch.all(uniform[1] == 0.25)
+    # scale 0: purity changes nothing
+    torch.testing.assert_close(image_weights(valid, cell_purity, 0.0), uniform)
 
 
+def test_reductions_by_hand():
+    """Image 0: valid cells with losses 1 and 3 (uniform weights); image 1: one valid cell
+    with loss 5. Per image (the author's): (2 + 5) / 2; pooled over valid cells: 9 / 3."""
+    loss = torch.tensor([[[1.0, 3.0], [100.0, 100.0]], [[5.0, 100.0], [100.0, 100.0]]])
+    valid = torch.tensor([[[True, True], [False, False]], [[True, False], [False, False]]])
+    cells = Cells(loss, valid, image_weights(valid))
+    assert reduce_cells(cells, "image").item() == pytest.approx(3.5)
+    assert reduce_cells(cells, "pooled").item() == pytest.approx(3.0)
+    # purity weights in the pooled form: each image's weights scaled to mean 1
+    weights = torch.tensor([[[0.25, 0.75], [0.0, 0.0]], [[1.0, 0.0], [0.0, 0.0]]])
+    assert reduce_cells(Cells(loss, valid, weights), "pooled").item() == pytest.approx(
+        (2 * (0.25 * 1 + 0.75 * 3) + 5) / 3)
+    assert reduce_cells(Cells(loss, valid, weights), "image").item() == pytest.approx(
+        (0.25 * 1 + 0.75 * 3 + 5) / 2)
+    with pytest.raises(ValueError, match="csd.reduction"):
+        reduce_cells(cells, "mean")
+
+
+PARTS = {"cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg", "fg_images", "bg_images",
+         "draw_cooccurs", "draw_in_target"}
+WARMUP_PARTS = {"cls", "draw_cooccurs", "draw_in_target"}
+
+
+@pytest.mark.parametrize("losses", ["reference", "strict"])
 @pytest.mark.parametrize("kind", ["same", "ema"])
-def test_gradients_reach_student_not_teacher(voc, kind):
+def test_gradients_reach_student_not_teacher(voc, kind, losses):
     root, ids, labels = voc
     torch.manual_seed(0)
     data = PastePairs(root, ids, labels, root / "SegmentationClass",
@@ -485,10 +718,11 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     batch = torch.utils.data.default_collate([data[i] for i in range(4)])
     model = CAMNet(BACKBONE)
     teacher = Teacher(model, kind, 0.9)
-    settings = dict(CSD, confidence=0.0)  # every cell inside a region counts
+    # every cell inside a region counts
+    settings = dict(STRICT if losses == "strict" else CSD, confidence=0.0)
     loss, parts = csd_step(model, teacher, batch, 0, settings, nn.MultiLabelSoftMarginLoss(),
                            "cpu")
-    assert set(parts) == {"cls", "fg", "bg"}
+    assert set(parts) == PARTS
     assert parts["fg"].requires_grad and parts["bg"].requires_grad
     parts["fg"].add(parts["bg"]).backward()
     assert model.classifier.weight.grad.abs().sum() > 0
@@ -508,12 +742,12 @@ def test_gradients_reach_student_not_teacher(voc, kind):
     # warm-up epochs: classification only
     _, parts = csd_step(model, teacher, batch, 0, dict(settings, warmup_epochs=1),
                         nn.MultiLabelSoftMarginLoss(), "cpu")
-    assert set(parts) == {"cls"}
+    assert set(parts) == WARMUP_PARTS
 
 
-def test_in_batch_teacher_equals_student_on_the_same_image(voc):
-    """Pasting S onto itself: the student's maps of X_fg and X_bg are the teacher's maps of S,
-    also with trainable BatchNorm (batch statistics), so both losses are exactly 0."""
+def self_pasted_batch(voc):
+    """Four of PastePairs' samples with each source as its own target (T = S, labels c_s,
+    background where S's object is not)."""
     root, ids, labels = voc
     torch.manual_seed(0)
     data = PastePairs(root, ids, labels, root / "SegmentationClass",
@@ -522,8 +756,15 @@ def test_in_batch_teacher_equals_student_on_the_same_image(voc):
     batch["target_image"] = batch["source_image"]
     batch["target_label"] = F.one_hot(batch["source_class"], 20).float()
     batch["target_bg"] = 1 - batch["source_fg"]
+    return batch
+
+
+def test_in_batch_teacher_equals_student_on_the_same_image(voc):
+    """Pasting S onto itself: the student's maps of X_fg and X_bg are the teacher's maps of S,
+    also with trainable BatchNorm (batch statistics), so both losses are exactly 0."""
+    batch = self_pasted_batch(voc)
     model = CAMNet(dict(BACKBONE, freeze_bn=False))
-    settings = dict(CSD, confidence=0.0)
+    settings = dict(STRICT, confidence=0.0)
     _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0, settings,
                         nn.MultiLabelSoftMarginLoss(), "cpu")
     assert parts["fg"].item() == pytest.approx(0.0, abs=1e-6)
@@ -534,13 +775,44 @@ def test_in_batch_teacher_equals_student_on_the_same_image(voc):
     assert parts["fg"].item() + parts["bg"].item() > 1e-4
 
 
+def test_source_pasted_on_itself_in_the_reference_forms(voc):
+    """The author's forms on S pasted onto itself: L_fg is 0 (teacher and student give c_s
+    the same term); L_bg is not 0 by design: the student's scores are scaled by 10 and the
+    teacher's are not, so each background cell gives p_bg log(p_bg / q_bg) of the same
+    scores (written out here; without purity, a mean per image over the batch)."""
+    batch = self_pasted_batch(voc)
+    model = SpyCAMNet(dict(BACKBONE, freeze_bn=False))
+    settings = dict(CSD, purity=False, confidence=0.0)
+    _, parts = csd_step(model, Teacher(model, "same", 0.9), batch, 0, settings,
+                        nn.MultiLabelSoftMarginLoss(), "cpu")
+    assert parts["fg"].item() == pytest.approx(0.0, abs=1e-6)
+    all_maps = model.cam_from_features(model.feats.detach(), relu=False)
+    maps = all_maps[12:]  # S's, the teacher's
+    torch.testing.assert_close(all_maps[8:12], maps)  # X_bg = S
+    scores = F.relu(maps) / F.relu(maps).amax(dim=(2, 3), keepdim=True).clamp_min(0.1)
+    p = math.exp(0.1) / (math.exp(0.1) + scores.exp().sum(dim=1))
+    q = math.exp(1.0) / (math.exp(1.0) + (10 * scores).exp().sum(dim=1))
+    cell = p * (p / q).log()
+    valid = cells_inside(1 - batch["source_fg"], maps.shape[2:])
+    assert valid.any()
+    expected = sum(float(cell[i][valid[i]].mean().detach()) for i in range(4) if valid[i].any()) / 4
+    assert parts["bg"].item() == pytest.approx(expected, rel=1e-4)
+    assert abs(expected) > 1e-3
+
+
 def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, monkeypatch):
     root, ids, _ = voc
     settings = dict(TRAIN, csd=dict(CSD, teacher="ema"))
     args = (root, ids, root / "labels.csv", root / "SegmentationClass")
     history = train_cam_csd(*args, tmp_path / "a.pt", tmp_path / "a.json", settings)
     assert [h["epoch"] for h in history] == [1, 2]
-    assert all(np.isfinite(h[k]) for h in history for k in ("cls", "fg", "bg"))
+    # every part of csd_step per epoch: the terms, their gradient norms on the features, the
+    # shares of images with cells to learn from and of draws that co-occur with T
+    assert all(set(h) == PARTS | {"epoch", "lr", "loss"} for h in history)
+    assert all(np.isfinite(h[k]) for h in history for k in PARTS)
+    assert all(0 <= h[k] <= 1 for h in history for k in
+               ("fg_images", "bg_images", "draw_cooccurs", "draw_in_target"))
+    assert all(h["grad_cls"] > 0 and h["bg_images"] > 0 for h in history)
     assert json.loads((tmp_path / "a.json").read_text()) == history
     uninterrupted = torch.load(tmp_path / "a.pt", weights_only=True)["model"]
     CAMNet(BACKBONE).load_state_dict(uninterrupted)  # inference: an ordinary CAMNet

@@ -19,6 +19,7 @@ from csd.train_mct import MCT_CLASSIFIER, load_mct, train_mct
 from csd.transforms import train_transform
 from csd.voc import load_labels
 from tests.conftest import make_voc
+from tests.test_csd import CSD as RESNET_CSD, STRICT as RESNET_STRICT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -29,10 +30,10 @@ TRAIN = {"seed": 4, "model": TINY, "batch_size": 4, "epochs": 2, "lr": 5e-4, "lr
          "crop": 32, "scale": [0.5, 1.0], "auto_augment": "rand-m9-mstd0.5-inc1",
          "re_prob": 0.25, "resize_long": [40, 56], "flip": True, "amp": True, "cam_layers": 2,
          "num_workers": 0}
-CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.0, "bg_logit": 0.1, "bg_units": "logit", "scale": 10.0,
-       "purity": False, "purity_bg": 0.4, "lambda_fg": 1.0, "lambda_bg": 1.0,
-       "warmup_epochs": 0, "pasted_cls": True, "classifier_grad": True}
+# config.yaml's csd with csd_mct laid over it (the author's forms on the class maps as they
+# are), every cell inside a region counting, the head trained too
+CSD = dict(RESNET_CSD, cam_units="logit", bg_logit=0.1, confidence=0.0)
+STRICT = dict(RESNET_STRICT, cam_units="logit", bg_logit=0.1, confidence=0.0)
 
 
 def tiny_model(img_size=32, **kwargs):
@@ -171,12 +172,18 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     model.train()
     assert maps.shape == (4, 20, 2, 2)
     same = dict(batch, target_label=F.one_hot(batch["source_class"], 20).float())
-    fg, bg = csd_losses(maps, maps.clone(), maps.clone(), same, CSD)
+    fg, bg = csd_losses(maps, maps.clone(), maps.clone(), same, STRICT)
     assert fg.item() == pytest.approx(0, abs=1e-6) and bg.item() == pytest.approx(0, abs=1e-6)
-    # one CSD step: the decoupling losses reach the blocks, the head and the class tokens
+    # the author's: L_fg too (L_bg scales the student's scores only, so it is not 0)
+    fg, _ = csd_losses(maps, maps.clone(), maps.clone(), same, CSD)
+    assert fg.item() == pytest.approx(0, abs=1e-6)
+    # one CSD step: the decoupling losses reach the blocks, the head and the class tokens,
+    # and their gradient norms on the tokens and attention maps are logged (no pasted object
+    # of these tiny squares covers a whole 16 x 16 cell: L_fg has no cell here)
     loss, parts = csd_step(model, teacher, batch, 0, CSD, model.classification_loss, "cpu")
-    assert set(parts) == {"cls", "fg", "bg"} and torch.isfinite(loss)
-    assert parts["fg"].item() + parts["bg"].item() > 0
+    assert {"cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg"} <= set(parts)
+    assert torch.isfinite(loss) and parts["fg_images"] == 0 and parts["bg"].item() != 0
+    assert parts["grad_fg"] == 0 and parts["grad_bg"] > 0 and parts["grad_cls"] > 0
     parts["fg"].add(parts["bg"]).backward()
     assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
     assert model.head.weight.grad.abs().sum() > 0
@@ -215,7 +222,9 @@ def test_train_cam_csd_trains_the_transformer(voc, tmp_path):
     history = train_cam_csd(root, ids, root / "labels.csv", root / "SegmentationClass",
                             tmp_path / "m.pt", tmp_path / "h.json", settings,
                             classifier=MCT_CLASSIFIER)
-    assert len(history) == 1 and all(np.isfinite(history[0][k]) for k in ("cls", "fg", "bg"))
+    assert len(history) == 1 and all(np.isfinite(history[0][k]) for k in (
+        "cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg", "fg_images", "bg_images",
+        "draw_cooccurs"))
     load_mct(tmp_path / "m.pt")  # inference: an ordinary MCTformer
 
 

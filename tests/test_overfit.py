@@ -20,6 +20,7 @@ from csd.train_seg import train_deeplab
 from csd.transforms import eval_transform
 from csd.voc import VOCDataset, load_labels
 from tests.conftest import COLOURS, make_voc
+from tests.test_csd import CSD, STRICT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,40 +88,46 @@ def test_train_cam_cda_learns_the_labels(voc, tmp_path):
     assert_labels_learnt(logits, ids, labels)
 
 
-CSD = {"target": "all", "temperature": 10.0, "teacher": "same", "ema_decay": 0.99,
-       "confidence": 0.5, "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0,
-       "purity": False, "purity_bg": 0.4, "lambda_fg": 1.0, "lambda_bg": 1.0,
-       "warmup_epochs": 0, "pasted_cls": True, "classifier_grad": True}
-
-
 # Output stride 8: 4 x 4 cells, so that whole cells lie inside the pasted squares and the
 # decoupling losses have cells to work on.
 CSD_CAM = dict(CAM, backbone=dict(BACKBONE, strides=[2, 2, 1, 1]), epochs=20)
 
 
-def csd_learns_the_labels(voc, tmp_path, **csd):
+def csd_learns_the_labels(voc, tmp_path, forms=CSD, **csd):
+    """The classification part of the loss must fall (the author's decoupling losses are
+    single terms of a KL and can be < 0, so the total can cross 0) and the labels be learnt;
+    the decoupling losses must have been computed on some cells."""
     root, ids, labels = voc
     history = train_cam_csd(root, ids, root / "labels.csv", root / "SegmentationClass",
                             tmp_path / "m.pt", tmp_path / "h.json",
-                            dict(CSD_CAM, csd=dict(CSD, **csd)))
-    assert max(h["fg"] for h in history) > 0 and max(h["bg"] for h in history) > 0
-    assert_loss_fell(history)
+                            dict(CSD_CAM, csd=dict(forms, **csd)))
+    assert_loss_fell(history, key="cls")
     with torch.no_grad():
         logits = load_cam_net(tmp_path / "m.pt")(images_of(root, ids))
     assert_labels_learnt(logits, ids, labels)
+    assert max(h["fg_images"] for h in history) > 0 and min(h["bg_images"] for h in history) > 0
+    assert any(h["fg"] != 0 for h in history) and any(h["bg"] != 0 for h in history)
 
 
 def test_train_cam_csd_classification_learns_the_labels(voc, tmp_path):
     """CSD's pipeline (pairs, pasting, teacher, losses computed) with the decoupling losses
     weighted 0: the classification of x and of the pasted images."""
-    csd_learns_the_labels(voc, tmp_path, lambda_fg=0.0, lambda_bg=0.0)
+    csd_learns_the_labels(voc, tmp_path, lambda_fg=0.0, lambda_bg=0.0, pasted_cls=True)
 
 
-@pytest.mark.xfail(strict=True, reason="at lambda 1 the decoupling losses drive the "
-                   "classification loss up (1.1 -> 4-5 at lr 0.005-0.01) instead of letting "
-                   "it fall: the default loss forms (issue #15)")
 def test_train_cam_csd_with_its_losses_learns_the_labels(voc, tmp_path):
+    """The author's forms at lambda 1 (issue #15): the classification loss falls 0.45 ->
+    0.02 over the 20 epochs (with a bump to 1.2 in epochs 3-5) and every label decision is
+    right."""
     csd_learns_the_labels(voc, tmp_path)
+
+
+@pytest.mark.xfail(strict=True, reason="the strict forms (this project's first "
+                   "reconstruction) at lambda 1: L_bg's gradient on the features is ~40x the "
+                   "classification loss's in epoch 1 and the classification loss goes "
+                   "1.6 -> 8-11 -> 1.25 instead of falling (issue #15)")
+def test_train_cam_csd_with_the_strict_losses_learns_the_labels(voc, tmp_path):
+    csd_learns_the_labels(voc, tmp_path, forms=STRICT)
 
 
 MCT = {"seed": 0, "model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 8,
