@@ -43,26 +43,54 @@ def per_class_bars(per_class_csv, out_png):
     save_figure(fig, out_png)
 
 
+# History columns of CSD's classifier (csd.decoupling.csd_step), drawn in two extra panels.
+CSD_TERMS = ("cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg")
+CSD_SHARES = ("fg_images", "bg_images", "draw_cooccurs", "draw_in_target")
+
+
 def training_curves(histories, out_png):
     """histories: [{"method", "seed", "stage", "path"}] (the stages' history JSONs). One row
-    per stage: loss per epoch (left), lr per epoch (right), a line per method and seed."""
+    per stage: loss per epoch, lr per epoch, a line per method and seed; for a stage whose
+    history has CSD's columns, also each loss term with its gradient norm on the features
+    (dashed; log scale: whether L_fg and L_bg are of the classification loss's size) and the
+    shares of images with valid cells and of co-occurring source draws. Returns {stage: the
+    CSD columns drawn}."""
     stages = list(dict.fromkeys(h["stage"] for h in histories))
     if not stages:
         raise ValueError("no training history to plot")
-    fig, axes = plt.subplots(len(stages), 2, figsize=(12, 3 * len(stages)), squeeze=False)
-    for (loss_ax, lr_ax), stage in zip(axes, stages):
-        for h in (h for h in histories if h["stage"] == stage):
-            epochs = load_json(h["path"])
+    runs = [(h, load_json(h["path"])) for h in histories]
+    drawn = {stage: set() for stage in stages}
+    fig, axes = plt.subplots(len(stages), 4, figsize=(22, 3 * len(stages)), squeeze=False)
+    for (loss_ax, lr_ax, term_ax, share_ax), stage in zip(axes, stages):
+        used = {ax: False for ax in (term_ax, share_ax)}
+        for h, epochs in ((h, e) for h, e in runs if h["stage"] == stage):
             x = [e["epoch"] for e in epochs]
             label = f"{h['method']} seed {h['seed']}"
             loss_ax.plot(x, [e["loss"] for e in epochs], label=label)
             lr_ax.plot(x, [e["lr"] for e in epochs], label=label)
+            for ax, keys in ((term_ax, CSD_TERMS), (share_ax, CSD_SHARES)):
+                for key in keys:
+                    if all(key in e for e in epochs):
+                        style = "--" if key.startswith("grad_") else "-"
+                        ax.plot(x, [e[key] for e in epochs], style, label=f"{label}: {key}")
+                        used[ax] = True
+                        drawn[stage].add(key)
         loss_ax.set_title(f"{stage}: loss")
         lr_ax.set_title(f"{stage}: lr")
-        for ax in (loss_ax, lr_ax):
+        for ax in (loss_ax, lr_ax, term_ax, share_ax):
             ax.set_xlabel("epoch")
         loss_ax.legend(fontsize="small")
+        titles = {term_ax: "CSD terms (dashed: grad norm)", share_ax: "CSD shares"}
+        for ax, has_lines in used.items():
+            if has_lines:
+                ax.set_title(f"{stage}: {titles[ax]}")
+                ax.legend(fontsize="x-small")
+            else:
+                ax.axis("off")
+        if used[term_ax]:
+            term_ax.set_yscale("symlog", linthresh=1e-3)
     save_figure(fig, out_png)
+    return drawn
 
 
 def colorize(labels):

@@ -40,10 +40,29 @@ def test_training_curves_plot_every_stage(tmp_path):
         path.write_text(json.dumps([{"epoch": e, "loss": 1 / e, "lr": 0.1 / e}
                                     for e in (1, 2, 3)]))
         histories.append({"method": "irn", "seed": 0, "stage": stage, "path": path})
-    training_curves(histories, tmp_path / "curves.png")
+    assert training_curves(histories, tmp_path / "curves.png") == {"train_cam": set(),
+                                                                    "train_seg": set()}
     assert Image.open(tmp_path / "curves.png").size[0] > 0
     with pytest.raises(ValueError, match="no training history"):
         training_curves([], tmp_path / "none.png")
+
+
+def test_training_curves_draw_csd_terms_where_the_history_has_them(tmp_path):
+    csd = {"cls": 0.5, "fg": 0.1, "bg": -0.01, "grad_cls": 1.0, "grad_fg": 0.2,
+           "grad_bg": 3.0, "fg_images": 0.8, "bg_images": 1.0, "draw_cooccurs": 0.6,
+           "draw_in_target": 0.1}
+    runs = {"irn": [{"epoch": e, "loss": 1 / e, "lr": 0.1} for e in (1, 2)],
+            "irn_csd": [{"epoch": e, "loss": 1 / e, "lr": 0.1, **csd} for e in (1, 2)]}
+    histories = []
+    for method, epochs in runs.items():
+        path = tmp_path / f"{method}.json"
+        path.write_text(json.dumps(epochs))
+        histories.append({"method": method, "seed": 0, "stage": "train_cam", "path": path})
+    # a column missing from one epoch (a warm-up epoch has no fg/bg) is not drawn
+    del runs["irn_csd"][0]["fg"]
+    (tmp_path / "irn_csd.json").write_text(json.dumps(runs["irn_csd"]))
+    drawn = training_curves(histories, tmp_path / "curves.png")
+    assert drawn == {"train_cam": set(csd) - {"fg"}}
 
 
 def test_seed_labels_and_colours():
