@@ -3,13 +3,13 @@
     python benchmarks/stage_ladder.py [--config config/benchmark.yaml] [--method irn]
         [--seed 0] [--workdir .] [--threads 2]
 
-Prints, for a finished run (its cam/all, ir_label/all and mask/all directories and
-irn_model.pt; `snakemake --configfile CONFIG RESULTS/METHOD/seedN/mask_metrics.json` makes
-them):
+Prints, for a run with seeds and masks (its seed_metrics.json and its cam/all,
+ir_label/all and mask/all directories; `snakemake --configfile CONFIG
+RESULTS/METHOD/seedN/mask_metrics.json` makes them):
   seed mIoU                 the CAM seeds (eval_cam's seed_metrics.json)
   IR labels                 precision / recall of cam_to_ir_label's confident foreground
                             and background against the ground truth
-  mask mIoU (trained edge)  the random walk on IRN's boundary map (mask_metrics.json)
+  mask mIoU (trained edge)  the random walk on IRN's boundary map (the run's mask/all)
   mask mIoU (oracle edge)   the same walk on a boundary map drawn from the ground truth:
                             what a perfect edge network would give these CAMs
 The oracle uses ground truth and is a diagnostic only, never part of the pipeline.
@@ -78,6 +78,7 @@ def main():
 
     counts = np.zeros(6, np.int64)
     confusion = np.zeros((N_LABELS, N_LABELS), np.int64)
+    trained = np.zeros((N_LABELS, N_LABELS), np.int64)
     for image_id in ids:
         gt = load_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
         counts += ir_label_scores(gt, load_label_png(run / "ir_label/all" / f"{image_id}.png"))
@@ -87,6 +88,7 @@ def main():
         rw = propagate(cams, edge, walk["radius"], walk["beta"], walk["exp_times"])
         mask = sem_seg_from_rw(rw, pack["keys"], gt.shape, walk["bg_threshold"])
         confusion += confusion_matrix(gt, mask)
+        trained += confusion_matrix(gt, load_label_png(run / "mask/all" / f"{image_id}.png"))
 
     def pct(a, b):
         return 100.0 * a / b if b else float("nan")
@@ -97,7 +99,7 @@ def main():
         ("IR label fg recall", pct(counts[0], counts[2])),
         ("IR label bg precision", pct(counts[3], counts[4])),
         ("IR label bg recall", pct(counts[3], counts[5])),
-        ("mask mIoU (trained edge)", load_json(run / "mask_metrics.json")["miou"]),
+        ("mask mIoU (trained edge)", scores(trained)["miou"]),
         ("mask mIoU (oracle edge)", scores(confusion)["miou"]),
     ]
     print(f"stage ladder: {args.method} seed {args.seed}, {len(ids)} train images ({run})")
