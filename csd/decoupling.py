@@ -46,7 +46,7 @@ VOC_TRAIN_AUG = 10582  # the images the author's co-occurrence counts (and tempe
 def choice(value, key, options):
     """A settings value that must be one of `options`; the error names the key."""
     if value not in options:
-        raise ValueError(f"settings 'csd.{key}' must be one of {list(options)}, got {value!r}")
+        raise ValueError(f"settings 'csd.{key}' must be {' or '.join(options)}, got {value!r}")
     return value
 
 
@@ -108,8 +108,7 @@ class PastePairs(Dataset):
 
     def __init__(self, voc_root, ids, labels, mask_dir, transform, target="all",
                  temperature=10.0, temperature_units="per_image"):
-        if target not in ("all", "multi_label"):
-            raise ValueError(f"settings 'csd.target' must be all or multi_label, got {target!r}")
+        choice(target, "target", ("all", "multi_label"))
         self.main = VOCDataset(voc_root, ids, labels=labels, transform=transform)
         self.pairs = VOCDataset(voc_root, ids, labels=labels, mask_dir=mask_dir,
                                 transform=transform)
@@ -419,8 +418,7 @@ class Teacher:
     """
 
     def __init__(self, model, kind, ema_decay):
-        if kind not in ("same", "ema"):
-            raise ValueError(f"settings 'csd.teacher' must be same or ema, got {kind!r}")
+        choice(kind, "teacher", ("same", "ema"))
         self.model = model
         self.ema = None
         if kind == "ema":
