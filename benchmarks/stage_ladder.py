@@ -26,7 +26,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from csd.config import check_config_files  # noqa: E402
+from csd.config import check_config_files, voc_root as csd_voc_root  # noqa: E402
 from csd.io import load_json  # noqa: E402
 from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
 from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
@@ -69,10 +69,7 @@ def main():
     work = Path(args.workdir)
     run = work / config["results_dir"] / args.method / f"seed{args.seed}"
     dataset = config["dataset"]["name"]
-    # as voc_root() in workflow/rules/common.smk
-    voc_root = (Path(config["dataset"]["voc"]["voc_root"])
-                if dataset == "voc" and config["dataset"]["voc"]["voc_root"]
-                else work / config["data_dir"] / dataset / "VOCdevkit/VOC2012")
+    voc_root = work / csd_voc_root(config)
     ids = read_ids(work / config["data_dir"] / "splits" / dataset / "train.txt")
     walk = config["make_sem_seg"]
 

@@ -87,3 +87,14 @@ def main(argv=None):
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def voc_root(config):
+    """The VOC2012 directory a run reads, relative to its work directory unless absolute:
+    dataset.voc.voc_root for an existing VOC tree, else the one fetch_voc or make_toyvoc
+    writes under data_dir."""
+    dataset = config["dataset"]["name"]
+    voc = config["dataset"]["voc"]
+    if dataset == "voc" and voc["voc_root"]:
+        return voc["voc_root"]
+    return f"{config['data_dir']}/{dataset}/VOCdevkit/VOC2012"

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from csd.codehash import code_version
+from csd.config import voc_root as csd_voc_root
 from csd.download import archive_ids, md5sum
 
 REPO = Path(workflow.basedir)
@@ -70,10 +71,7 @@ def dataset_input():
 
 
 def voc_root():
-    voc = config["dataset"]["voc"]
-    if DATASET == "voc" and voc["voc_root"]:
-        return voc["voc_root"]
-    return f"{DATA}/{DATASET}/VOCdevkit/VOC2012"
+    return csd_voc_root(config)
 
 
 def sbd_root():
