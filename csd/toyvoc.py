@@ -6,6 +6,10 @@ preferred background context (boat <-> water, train <-> rails, ...) and some cla
 co-occurring partners (person with horse/bicycle/motorbike, chair with diningtable, ...).
 `context_strength` s sets how often these shortcuts hold (s = 0 is the unbiased control),
 `single_label_fraction` sets the share of single-label images (CSD's source domain).
+`family_look` a sets how much a class's look is its own: at a = 0 every class has its own
+colours and texture over the whole silhouette; at a = 1 the body wears its family's look
+(animals, vehicles, furniture share one each) and only a part (head, wheels, sail, ...)
+and the silhouette tell the class, as faces and wheels do on VOC.
 
 Determinism: every image draws from its own generators seeded by (seed, image index,
 stream), so the output does not depend on generation order, and the geometry stream never
@@ -71,12 +75,25 @@ APPEARANCE = {
     "tvmonitor": dict(shape="tv", texture="screen", colors=((25, 25, 30), (120, 200, 250), (60, 60, 65)), aspect=1.3, rotation=5),
 }
 
+# Families of classes sharing one body look at family_look = 1: texture and colours (main,
+# texture). The class is then told by its silhouette and its part, painted in the class's
+# own main colour. person is a family of its own and keeps its look.
+FAMILY = {
+    "animal": (("bird", "cat", "cow", "dog", "horse", "sheep"),
+               dict(texture="noise", colors=((130, 122, 108), (82, 76, 66)))),
+    "vehicle": (("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
+                dict(texture="solid", colors=((118, 124, 134), (118, 124, 134)))),
+    "furniture": (("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
+                  dict(texture="grain", colors=((185, 145, 100), (140, 100, 65)))),
+}
+FAMILY_OF = {cls: look for members, look in FAMILY.values() for cls in members}
+
 # Extra checks beyond the type: (low, high) inclusive.
 _RANGES = {
     "seed": (0, None), "n_train": (1, None), "n_val": (1, None), "n_test": (0, None),
     "n_sbd_train": (0, None), "n_sbd_val": (0, None), "sbd_overlap": (0, None),
     "size_min": (32, None), "size_max": (32, None), "context_strength": (0.0, 1.0),
-    "single_label_fraction": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
+    "single_label_fraction": (0.0, 1.0), "family_look": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
     "max_instances": (1, 100), "object_min_frac": (0.0, 1.0), "object_max_frac": (0.0, 1.0),
     "min_visible_frac": (0.0, 1.0), "void_width": (0, None), "jpeg_quality": (1, 100),
 }
@@ -309,7 +326,7 @@ def shape_mask(shape, u, v):
     if shape == "bird":
         wings = _segment(u, v, (-0.95, -0.55), (0.0, 0.25), 0.2) | _segment(u, v, (0.0, 0.25), (0.95, -0.55), 0.2)
         head = _disc(u, v, 0.0, 0.35, 0.22)
-        return wings | head, none
+        return wings | head, head
     if shape == "boat":
         hull = (v >= 0.3) & (v <= 1.0) & (np.abs(u) <= 1.0 - 0.35 * (v - 0.3) / 0.7)
         sail = (v >= -1.0) & (v < 0.3) & (u >= -0.05) & (u <= -0.05 + 0.75 * (v + 1.0) / 1.3)
@@ -340,7 +357,7 @@ def shape_mask(shape, u, v):
         back = _box(u, v, 0.45, 0.7, -1.0, 0.1)
         seat = _box(u, v, -0.7, 0.7, -0.05, 0.15)
         legs = _box(u, v, -0.7, -0.52, 0.1, 1.0) | _box(u, v, 0.52, 0.7, 0.1, 1.0)
-        return back | seat | legs, none
+        return back | seat | legs, back
     if shape == "cow":
         return _quadruped(u, v, -0.05, 0.2, (-0.7, -0.2), (-0.8, -0.15), (0.95, 0.4))
     if shape == "horse":
@@ -590,6 +607,13 @@ def render_image(settings, plan):
         c1, c2, c3 = (_object_colors(c, rng) for c in look["colors"])
         u, v, mask, part = shapes[k]
         paint = _texture(look["texture"], u, v, c1, c2, rng)
+        a = settings["family_look"] if CLASSES[inst["cls"]] in FAMILY_OF else 0.0
+        if a > 0:  # its own stream, so a = 0 draws exactly what it always drew
+            family = FAMILY_OF[CLASSES[inst["cls"]]]
+            rng_family = np.random.default_rng([settings["seed"], plan["index"], _LOOK, k, 1])
+            f1, f2 = (_object_colors(c, rng_family) for c in family["colors"])
+            paint = (1 - a) * paint + a * _texture(family["texture"], u, v, f1, f2, rng_family)
+            c3 = (1 - a) * c3 + a * c1  # the part carries the class's own colour
         paint[part] = c3 * (1.08 - 0.06 * (v[part, None] + 1))
         image[mask] = paint[mask]
         labels[mask] = inst["cls"] + 1

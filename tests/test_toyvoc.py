@@ -14,7 +14,7 @@ from csd.voc import CLASSES, read_ids
 
 def settings(**overrides):
     base = dict(seed=0, n_train=12, n_val=8, n_test=4, n_sbd_train=6, n_sbd_val=4, sbd_overlap=2,
-                size_min=64, size_max=80, context_strength=0.9, single_label_fraction=0.5,
+                size_min=64, size_max=80, context_strength=0.9, single_label_fraction=0.5, family_look=0.0,
                 max_classes=3, max_instances=4, object_min_frac=0.04, object_max_frac=0.3,
                 min_visible_frac=0.01, void_width=2, jpeg_quality=90)
     base.update(overrides)
