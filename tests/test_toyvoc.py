@@ -208,3 +208,41 @@ def test_partner_cooccurrence(biased_and_control):
     assert biased_and_control[0.0]["summary"]["partner_fraction_multilabel"] < 0.3
     co = np.asarray(summary["cooccurrence"])
     assert (co == co.T).all() and np.diag(co).tolist() == summary["class_counts"]
+
+
+def _one_object(cls, family_look, size=96):
+    """Render one large, centred, unrotated object of class `cls`: (image, body, part)."""
+    cfg = settings(family_look=family_look, size_min=size, size_max=size)
+    plan = toyvoc.plan_image(cfg, 0)
+    look = toyvoc.APPEARANCE[cls]
+    inst = dict(cls=CLASSES.index(cls), angle=0.0, flip=False)
+    inst.update(toyvoc._place(0.3 * size * size, look["aspect"], 0.5, 0.5, size, size))
+    plan = dict(plan, width=size, height=size, instances=[inst])
+    image, labels, _, _ = toyvoc.render_image(cfg, plan)
+    u, v = toyvoc._object_uv(inst, size, size)
+    mask, part = toyvoc.shape_mask(look["shape"], u, v)
+    inside = labels == inst["cls"] + 1  # off the void band
+    return image.astype(np.float32), inside & ~part, inside & part
+
+
+@pytest.mark.parametrize("first, second", [("cow", "horse"), ("car", "bus"), ("chair", "sofa")])
+def test_family_look_shares_the_body_and_keeps_the_part(first, second):
+    def colours(cls, a):
+        image, body, part = _one_object(cls, a)
+        return image[body].mean(0), image[part].mean(0)
+
+    own = {cls: colours(cls, 0.0) for cls in (first, second)}
+    family = {cls: colours(cls, 1.0) for cls in (first, second)}
+    body_gap = lambda looks: np.abs(looks[first][0] - looks[second][0]).max()
+    # Own looks: the bodies differ; family looks: the same family body (texture and colour
+    # jitter only), while each part wears its class's own main colour.
+    assert body_gap(own) > 40
+    assert body_gap(family) < 30
+    for cls in (first, second):
+        main = np.asarray(toyvoc.APPEARANCE[cls]["colors"][0], np.float32)
+        assert np.abs(family[cls][1] - main).max() < 45
+
+
+def test_person_has_no_family_and_keeps_its_look():
+    for a, b in zip(_one_object("person", 0.0), _one_object("person", 1.0)):
+        assert np.array_equal(a, b)
