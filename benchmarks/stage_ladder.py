@@ -1,6 +1,6 @@
 """Where one run loses quality, stage by stage, on the train split (which has ground truth):
 
-    python benchmarks/stage_ladder.py [--config config/benchmark.yaml] [--method irn]
+    python benchmarks/stage_ladder.py [--config config/benchmark.yaml [OVERLAY ...]] [--method irn]
         [--seed 0] [--workdir .] [--threads 2]
 
 Prints, for a run with seeds and masks (its seed_metrics.json and its cam/all,
@@ -58,14 +58,15 @@ def ir_label_scores(gt, ir):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default="config/benchmark.yaml")
+    parser.add_argument("--config", nargs="+", default=["config/benchmark.yaml"],
+                        help="config files, later ones laid over earlier (as --configfile)")
     parser.add_argument("--method", default="irn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=".", help="the run's snakemake -d directory")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = check_config_files([REPO / args.config])
+    config = check_config_files([REPO / path for path in args.config])
     work = Path(args.workdir)
     run = work / config["results_dir"] / args.method / f"seed{args.seed}"
     dataset = config["dataset"]["name"]
