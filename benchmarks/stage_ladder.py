@@ -12,7 +12,11 @@ RESULTS/METHOD/seedN/mask_metrics.json` makes them):
   mask mIoU (trained edge)  the random walk on IRN's boundary map (the run's mask/all)
   mask mIoU (oracle edge)   the same walk on a boundary map drawn from the ground truth:
                             what a perfect edge network would give these CAMs
-The oracle uses ground truth and is a diagnostic only, never part of the pipeline.
+The oracle uses ground truth and is a diagnostic only, never part of the pipeline. It is a
+coarse map (every 4x4 cell holding a label change or the void band), so a thin trained map
+can beat it: it shows the CAMs under a walk that never leaks, not a ceiling.
+Then, per (image, class) region binned by its area in stride-8 cells: seed and mask IoU
+and their area against the true one (the seeds at eval_cam.bg_threshold, from high_res).
 """
 
 import argparse
@@ -28,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from csd.config import check_config_files, voc_root as csd_voc_root  # noqa: E402
 from csd.io import load_json  # noqa: E402
-from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
+from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels  # noqa: E402
 from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
 from csd.store import load_cam_pack  # noqa: E402
 from csd.voc import IGNORE, load_label_png, read_ids  # noqa: E402
@@ -45,6 +49,26 @@ def oracle_edge(gt):
     change[:-1, :] |= labels[1:, :] != labels[:-1, :]
     change |= labels == IGNORE
     return F.max_pool2d(change[None, None].float(), 4, ceil_mode=True)[0, 0]
+
+
+SIZE_BINS = (0, 8, 16, 32, 64, 128, np.inf)  # region area in stride-8 cells
+
+
+def region_scores(gt, seed, mask, keys):
+    """[(area in stride-8 cells, seed IoU, mask IoU, seed area / true, mask area / true)]
+    for each labelled class of the image that the ground truth shows."""
+    known = gt != IGNORE
+    rows = []
+    for label in np.asarray(keys) + 1:
+        true = known & (gt == label)
+        if not true.any():
+            continue
+        row = [true.sum() / 64.0]
+        for pred in (known & (seed == label), known & (mask == label)):
+            row.append((true & pred).sum() / (true | pred).sum())
+        rows.append(row + [(known & (seed == label)).sum() / true.sum(),
+                           (known & (mask == label)).sum() / true.sum()])
+    return rows
 
 
 def ir_label_scores(gt, ir):
@@ -77,16 +101,21 @@ def main():
     counts = np.zeros(6, np.int64)
     confusion = np.zeros((N_LABELS, N_LABELS), np.int64)
     trained = np.zeros((N_LABELS, N_LABELS), np.int64)
+    regions = []
     for image_id in ids:
         gt = load_label_png(voc_root / "SegmentationClass" / f"{image_id}.png")
         counts += ir_label_scores(gt, load_label_png(run / "ir_label/all" / f"{image_id}.png"))
-        pack = load_cam_pack([run / "cam/all"], image_id, fields=("keys", "cam"))
+        pack = load_cam_pack([run / "cam/all"], image_id, fields=("keys", "cam", "high_res"))
         cams = torch.as_tensor(np.asarray(pack["cam"], np.float32))
         edge = oracle_edge(gt)[:cams.shape[1], :cams.shape[2]]
         rw = propagate(cams, edge, walk["radius"], walk["beta"], walk["exp_times"])
         mask = sem_seg_from_rw(rw, pack["keys"], gt.shape, walk["bg_threshold"])
         confusion += confusion_matrix(gt, mask)
-        trained += confusion_matrix(gt, load_label_png(run / "mask/all" / f"{image_id}.png"))
+        trained_mask = load_label_png(run / "mask/all" / f"{image_id}.png")
+        trained += confusion_matrix(gt, trained_mask)
+        seed = seed_labels(np.asarray(pack["high_res"]), pack["keys"],
+                           config["eval_cam"]["bg_threshold"])
+        regions += region_scores(gt, seed, trained_mask, pack["keys"])
 
     def pct(a, b):
         return 100.0 * a / b if b else float("nan")
@@ -104,6 +133,18 @@ def main():
     print("| stage | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value:.2f} |")
+    regions = np.asarray(regions, np.float64).reshape(-1, 5)
+    print(f"\nby region size ({len(regions)} regions; mean {regions[:, 0].mean():.1f}, "
+          f"median {np.median(regions[:, 0]):.1f} stride-8 cells)")
+    print("| cells | regions | seed IoU | mask IoU | seed area / true | mask area / true |")
+    print("|---|---|---|---|---|---|")
+    for low, high in zip(SIZE_BINS[:-1], SIZE_BINS[1:]):
+        sel = (regions[:, 0] >= low) & (regions[:, 0] < high)
+        if sel.any():
+            name = f"{low}-{high}" if np.isfinite(high) else f">= {low}"
+            print(f"| {name} | {sel.sum()} | {100 * regions[sel, 1].mean():.1f} | "
+                  f"{100 * regions[sel, 2].mean():.1f} | {np.median(regions[sel, 3]):.2f} | "
+                  f"{np.median(regions[sel, 4]):.2f} |")
 
 
 if __name__ == "__main__":
