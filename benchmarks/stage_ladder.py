@@ -80,22 +80,32 @@ def ir_label_scores(gt, ir):
                      (bg_ir & bg_gt).sum(), bg_ir.sum(), bg_gt.sum()], np.int64)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def run_parser(doc):
+    """The options that name one finished run (shared with walk_sweep.py)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--config", nargs="+", default=["config/benchmark.yaml"],
                         help="config files, later ones laid over earlier (as --configfile)")
     parser.add_argument("--method", default="irn")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=".", help="the run's snakemake -d directory")
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def open_run(args):
+    """(config, run directory, VOC root, train ids) of the run that `args` name."""
     torch.set_num_threads(args.threads)
     config = check_config_files([REPO / path for path in args.config])
     work = Path(args.workdir)
     run = work / config["results_dir"] / args.method / f"seed{args.seed}"
-    dataset = config["dataset"]["name"]
-    voc_root = work / csd_voc_root(config)
-    ids = read_ids(work / config["data_dir"] / "splits" / dataset / "train.txt")
+    ids = read_ids(work / config["data_dir"] / "splits" / config["dataset"]["name"]
+                   / "train.txt")
+    return config, run, work / csd_voc_root(config), ids
+
+
+def main():
+    args = run_parser(__doc__).parse_args()
+    config, run, voc_root, ids = open_run(args)
     walk = config["make_sem_seg"]
 
     counts = np.zeros(6, np.int64)

@@ -11,7 +11,6 @@ ground-truth edge map. The row of the run's own settings reproduces its mask_met
 Method settings are chosen here on train, never on val.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -21,38 +20,26 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stage_ladder import oracle_edge  # noqa: E402
+from stage_ladder import open_run, oracle_edge, run_parser  # noqa: E402
 
-from csd.config import check_config_files, voc_root as csd_voc_root  # noqa: E402
 from csd.irn import load_irn  # noqa: E402
 from csd.make_sem_seg import edge_map  # noqa: E402
 from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
 from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
 from csd.store import load_cam_pack  # noqa: E402
-from csd.voc import load_image, load_label_png, read_ids  # noqa: E402
+from csd.voc import load_image, load_label_png  # noqa: E402
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", nargs="+", default=["config/benchmark.yaml"],
-                        help="config files, later ones laid over earlier (as --configfile)")
-    parser.add_argument("--method", default="irn")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", default=".", help="the run's snakemake -d directory")
+    parser = run_parser(__doc__)
     parser.add_argument("--exp-times", type=int, nargs="+", default=[2, 3, 4, 5, 8])
     parser.add_argument("--bg-thresholds", type=float, nargs="+",
                         default=[0.15, 0.2, 0.25, 0.3, 0.35, 0.4])
     parser.add_argument("--oracle", action="store_true")
     parser.add_argument("--images", type=int, default=None, help="the first N train ids")
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    config = check_config_files([REPO / path for path in args.config])
-    work = Path(args.workdir)
-    run = work / config["results_dir"] / args.method / f"seed{args.seed}"
-    voc_root = work / csd_voc_root(config)
-    ids = read_ids(work / config["data_dir"] / "splits" / config["dataset"]["name"]
-                   / "train.txt")[:args.images]
+    config, run, voc_root, ids = open_run(args)
+    ids = ids[:args.images]
     walk = config["make_sem_seg"]
     pad_to = config["train_irn"]["crop"] if walk["pad_to_crop"] else None
     model = load_irn(run / "irn_model.pt", torch.device("cpu"))
