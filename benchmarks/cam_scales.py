@@ -20,7 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from stage_ladder import open_run, run_parser  # noqa: E402
+from stage_ladder import open_run, run_parser, splits_dir  # noqa: E402
 
 from csd.make_cam import multiscale_cam, normalize_max  # noqa: E402
 from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels  # noqa: E402
@@ -39,8 +39,7 @@ def main():
     thresholds = sorted({config["eval_cam"]["bg_threshold"],
                          *config["eval_cam"]["curve_thresholds"]})
     model = load_cam_net(run / "cam_model.pt", "cpu")
-    labels = load_labels_for(Path(args.workdir) / config["data_dir"] / "splits"
-                             / config["dataset"]["name"] / "labels.csv", ids)
+    labels = load_labels_for(splits_dir(config, args.workdir) / "labels.csv", ids)
     subsets = [c for r in range(1, len(args.scales) + 1)
                for c in itertools.combinations(range(len(args.scales)), r)]
     confusion = np.zeros((len(subsets), len(thresholds), N_LABELS, N_LABELS), np.int64)

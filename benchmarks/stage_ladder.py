@@ -92,14 +92,18 @@ def run_parser(doc):
     return parser
 
 
+def splits_dir(config, workdir):
+    """The run's split lists and labels.csv (build_splits' output directory)."""
+    return Path(workdir) / config["data_dir"] / "splits" / config["dataset"]["name"]
+
+
 def open_run(args):
     """(config, run directory, VOC root, train ids) of the run that `args` name."""
     torch.set_num_threads(args.threads)
     config = check_config_files([REPO / path for path in args.config])
     work = Path(args.workdir)
     run = work / config["results_dir"] / args.method / f"seed{args.seed}"
-    ids = read_ids(work / config["data_dir"] / "splits" / config["dataset"]["name"]
-                   / "train.txt")
+    ids = read_ids(splits_dir(config, work) / "train.txt")
     return config, run, work / csd_voc_root(config), ids
 
 
