@@ -218,10 +218,17 @@ def shard_of(stage):
     return lambda w: (int(w.shard), config[stage]["shards"])
 
 
+def job_threads():
+    """Torch threads of one training or inference job: config `job_threads`, at most
+    --cores; null gives a job all of them (one heavy job at a time)."""
+    wanted = config["job_threads"]
+    return workflow.cores if wanted is None else min(wanted, workflow.cores)
+
+
 def shard_threads(stage):
-    """Split the local cores among a stage's shards, so that they run side by side
+    """Split a job's threads among a stage's shards, so that they run side by side
     (SLURM runs set their own threads in profiles/slurm)."""
-    return max(1, workflow.cores // config[stage]["shards"])
+    return max(1, job_threads() // config[stage]["shards"])
 
 
 # The results table (workflow/rules/results.smk).

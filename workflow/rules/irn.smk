@@ -23,7 +23,7 @@ rule train_cam:
         classifier=classifier_of,
         settings=classifier_settings,
         lock_dir=config["gpu_lock_dir"],
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         gpu=1,
     log:
@@ -134,7 +134,7 @@ rule train_irn:
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_irn"),
         lock_dir=config["gpu_lock_dir"],
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         gpu=1,
     log:

@@ -13,7 +13,7 @@ rule pretrain_backbone:
         settings=pretrain_settings(),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
         lock_dir=config["gpu_lock_dir"],
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         gpu=1,
     log:

@@ -21,7 +21,7 @@ rule train_seg:
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_seg"),
         lock_dir=config["gpu_lock_dir"],
-    threads: workflow.cores
+    threads: job_threads()
     resources:
         gpu=1,
     log:
