@@ -56,7 +56,7 @@ rule build_splits:
                   if DATASET == "voc" else None, "test_split": has_test_split(),
                   "allow_empty": config["dataset"]["allow_empty"]},
     # decoding every image once; within --cores also on SLURM (the test node has 2 CPUs)
-    threads: min(4, workflow.cores)
+    threads: min(4, job_threads())
     log:
         f"{LOGS}/data/build_splits.log",
     conda:
