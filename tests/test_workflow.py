@@ -59,12 +59,12 @@ def test_dry_run_of_the_unbiased_control(tmp_path):
 
 
 def gpu_rules():
-    """Rules that declare `resources: gpu=1` in workflow/rules/*.smk."""
+    """Rules that claim the `gpu` resource (`gpu=GPU`) in workflow/rules/*.smk."""
     rules = set()
     for path in (REPO / "workflow/rules").glob("*.smk"):
         for block in re.split(r"^rule ", path.read_text(), flags=re.M)[1:]:
             name, body = block.split(":", 1)
-            if re.search(r"^\s+gpu=1,", body, re.M):
+            if re.search(r"^\s+gpu=GPU,", body, re.M):
                 rules.add(name.strip())
     return rules
 

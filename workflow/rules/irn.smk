@@ -25,7 +25,7 @@ rule train_cam:
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_cam.log",
     benchmark:
@@ -52,7 +52,7 @@ rule make_cam:
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_cam")
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/make_cam.{{shard}}.log",
     benchmark:
@@ -136,7 +136,7 @@ rule train_irn:
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_irn.log",
     benchmark:
@@ -163,7 +163,7 @@ rule make_sem_seg:
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_sem_seg")
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/make_sem_seg.{{shard}}.log",
     benchmark:

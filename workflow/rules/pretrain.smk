@@ -15,7 +15,7 @@ rule pretrain_backbone:
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/pretrain/pretrain_backbone.log",
     benchmark:

@@ -23,7 +23,7 @@ rule train_seg:
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_seg.log",
     benchmark:
@@ -52,7 +52,7 @@ rule infer_seg:
         split="val|test",
     threads: shard_threads("infer_seg")
     resources:
-        gpu=1,
+        gpu=GPU,
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/infer_seg_{{split}}.{{shard}}.log",
     benchmark:
