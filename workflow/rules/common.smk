@@ -1,4 +1,5 @@
 # Paths and helpers shared by every rule file.
+import shutil
 from pathlib import Path
 
 from csd.codehash import code_version
@@ -14,10 +15,10 @@ SPLITS = f"{DATA}/splits/{DATASET}"
 RUN = f"{RESULTS}/{{method}}/seed{{seed}}"
 LOGS = config["logs_dir"]
 ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
-# Torch jobs claim Snakemake's `gpu` resource only where NVIDIA devices exist: on a CPU-only
-# machine the claim would run them one at a time even where job_threads leaves cores for a
-# second (profiles/slurm sets gpu: 1 for these rules itself).
-GPU = 1 if any(Path("/dev").glob("nvidia[0-9]*")) else 0
+# Torch jobs claim Snakemake's `gpu` resource only where an NVIDIA driver is installed: on a
+# CPU-only machine the claim would run them one at a time even where job_threads leaves
+# cores for a second (profiles/slurm sets gpu: 1 for these rules itself).
+GPU = 1 if shutil.which("nvidia-smi") else 0
 
 
 # How each method trains its classifier: `base` is the method whose round-0 pseudo masks
