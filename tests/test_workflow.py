@@ -42,11 +42,18 @@ def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
             assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
 
 
-@pytest.mark.parametrize("job_threads, expected", [(None, 2), (1, 1)])
-def test_job_threads_sets_the_threads_of_every_torch_job(tmp_path, job_threads, expected):
-    """null: a job takes all of --cores; a number caps it, so that jobs run side by side."""
+@pytest.mark.parametrize("job_threads, pretrain_threads, expected", [
+    (None, None, {"pretrain_backbone": 2, "other": 2}),
+    (1, None, {"pretrain_backbone": 1, "other": 1}),
+    (1, 2, {"pretrain_backbone": 2, "other": 1}),
+])
+def test_job_threads_sets_the_threads_of_every_torch_job(tmp_path, job_threads,
+                                                         pretrain_threads, expected):
+    """null: a job takes all of --cores; a number caps it, so that jobs run side by side;
+    pretrain_backbone.threads overrides it for the pretraining."""
     overlay = tmp_path / "threads.yaml"
-    overlay.write_text(yaml.safe_dump({"job_threads": job_threads}))
+    overlay.write_text(yaml.safe_dump({"job_threads": job_threads,
+                                       "pretrain_backbone": {"threads": pretrain_threads}}))
     proc = snakemake(tmp_path, "-n", "--cores", "2",
                      configs=[REPO / "config/demo.yaml", overlay])
     text = proc.stdout + proc.stderr
@@ -55,7 +62,8 @@ def test_job_threads_sets_the_threads_of_every_torch_job(tmp_path, job_threads, 
         block = re.split(rf"^(?:local)?rule {rule}:", text, flags=re.M)[1]
         block = block[:block.index("Shell command")]
         threads = re.search(r"threads: (\d+)", block)  # a dry run omits "threads: 1"
-        assert (int(threads.group(1)) if threads else 1) == expected, (rule, block)
+        assert (int(threads.group(1)) if threads else 1) == expected.get(
+            rule, expected["other"]), (rule, block)
 
 
 def test_dry_run_of_the_unbiased_control(tmp_path):

@@ -223,10 +223,13 @@ def shard_of(stage):
     return lambda w: (int(w.shard), config[stage]["shards"])
 
 
-def job_threads():
-    """Torch threads of one training or inference job: config `job_threads`, at most
-    --cores; null gives a job all of them (one heavy job at a time)."""
-    wanted = config["job_threads"]
+def job_threads(stage=None):
+    """Torch threads of one training or inference job: the stage's own `threads` where it
+    has one, else config `job_threads`, at most --cores; null gives a job all of them (one
+    heavy job at a time)."""
+    wanted = config.get(stage, {}).get("threads") if stage else None
+    if wanted is None:
+        wanted = config["job_threads"]
     return workflow.cores if wanted is None else min(wanted, workflow.cores)
 
 

@@ -13,7 +13,7 @@ rule pretrain_backbone:
         settings=pretrain_settings(),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
         lock_dir=config["gpu_lock_dir"],
-    threads: job_threads()
+    threads: job_threads("pretrain_backbone")
     resources:
         gpu=GPU,
     log:
