@@ -217,6 +217,18 @@ def test_one_pretraining_serves_every_resnet_stage_of_every_run(run):
         assert torch.equal(seg["backbone.1.running_var"], pretrained["bn1.running_var"])
 
 
+def test_thread_setting_reruns_the_torch_stages_and_not_the_data(run):
+    """Outputs depend on the thread count: a new job_threads reruns every torch stage."""
+    config = write_config(run["base"] / "threads_changed.yaml", dict(TINY, job_threads=1))
+    jobs = planned_jobs(snakemake(run["work"], "-n", configs=[config],
+                                  snakefile=run["repo"] / "Snakefile"))
+    assert ("pretrain_backbone", None) in jobs
+    for rule in ("train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
+                 "infer_seg"):
+        assert {(rule, m) for m in TINY["methods"]} <= jobs, rule
+    assert ("make_toyvoc", None) not in jobs and ("build_splits", None) not in jobs
+
+
 def test_pretraining_setting_reruns_pretraining_and_the_resnet_stages(run):
     changed = dict(TINY, pretrain_backbone=dict(TINY["pretrain_backbone"], epochs=2))
     config = write_config(run["base"] / "pretrain_changed.yaml", changed)

@@ -165,7 +165,7 @@ SPLIT_KEYS = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_ove
 def pretrain_settings():
     """pretrain_backbone's settings; its world is the benchmark's toyvoc world (the same
     context ties) with `pretrain_backbone.world` laid over it (its own generator seed)."""
-    settings = dict(config["pretrain_backbone"])
+    settings = {k: v for k, v in config["pretrain_backbone"].items() if k != "threads"}
     world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_KEYS}
     settings["world"] = {**world, **settings["world"]}
     return settings
@@ -223,13 +223,18 @@ def shard_of(stage):
     return lambda w: (int(w.shard), config[stage]["shards"])
 
 
+def threads_setting(stage=None):
+    """The configured torch threads of a stage's jobs: its own `threads` where it has one,
+    else `job_threads` (None: all of --cores). A param of those rules: outputs depend on
+    the thread count, so changing the setting reruns them (--cores alone never does)."""
+    own = config.get(stage, {}).get("threads") if stage else None
+    return own if own is not None else config["job_threads"]
+
+
 def job_threads(stage=None):
-    """Torch threads of one training or inference job: the stage's own `threads` where it
-    has one, else config `job_threads`, at most --cores; null gives a job all of them (one
-    heavy job at a time)."""
-    wanted = config.get(stage, {}).get("threads") if stage else None
-    if wanted is None:
-        wanted = config["job_threads"]
+    """Torch threads of one training or inference job: threads_setting, at most --cores;
+    None gives a job all of them (one heavy job at a time)."""
+    wanted = threads_setting(stage)
     return workflow.cores if wanted is None else min(wanted, workflow.cores)
 
 

@@ -18,6 +18,7 @@ rule train_cam:
         pretrained=classifier_pretrained,
     params:
         code=classifier_code,
+        threads=threads_setting(),
         voc_root=voc_root(),
         regime=lambda w: METHODS[w.method]["regime"],
         classifier=classifier_of,
@@ -45,6 +46,7 @@ rule make_cam:
         labels=f"{SPLITS}/labels.csv",
     params:
         code=lambda w: code_of("make_cam", CLASSIFIERS[classifier_of(w)]["module"]),
+        threads=threads_setting(),
         voc_root=voc_root(),
         settings=lambda w: for_classifier("make_cam", classifier_of(w)),
         classifier=classifier_of,
@@ -131,6 +133,7 @@ rule train_irn:
         ids=f"{SPLITS}/train_aug.txt",
     params:
         code=code_of("train_irn"),
+        threads=threads_setting(),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_irn"),
         lock_dir=config["gpu_lock_dir"],
@@ -156,6 +159,7 @@ rule make_sem_seg:
         ids=f"{SPLITS}/train_aug.txt",
     params:
         code=code_of("make_sem_seg"),
+        threads=threads_setting(),
         voc_root=voc_root(),
         # the edge network's input is padded to the crop it was trained on
         settings={**config["make_sem_seg"], "crop": config["train_irn"]["crop"]},

@@ -10,6 +10,7 @@ rule pretrain_backbone:
         history=f"{DATA}/pretrain/pretrain_history.json",
     params:
         code=code_of("pretrain_backbone"),
+        threads=threads_setting("pretrain_backbone"),
         settings=pretrain_settings(),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
         lock_dir=config["gpu_lock_dir"],

@@ -18,6 +18,7 @@ rule train_seg:
         pretrained=pretrained_input("train_seg"),
     params:
         code=code_of("train_seg"),
+        threads=threads_setting(),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_seg"),
         lock_dir=config["gpu_lock_dir"],
@@ -43,6 +44,7 @@ rule infer_seg:
         ids=f"{SPLITS}/{{split}}.txt",
     params:
         code=code_of("infer_seg"),
+        threads=threads_setting(),
         voc_root=voc_root(),
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
