@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
@@ -410,10 +411,12 @@ class Teacher:
     """The network that gives the source image's CAM, without gradient: the student itself
     (CSD's choice) or an exponential moving average of it (ablation).
 
-    The student's teacher pass runs in the student's own batch (its features of S,
-    detached): with frozen BatchNorm (the published setting) that equals an eval-mode pass,
-    and with trainable BatchNorm (training from scratch) the teacher then normalises with
-    the same batch statistics as the student, so identical inputs give identical maps.
+    With trainable BatchNorm (training from scratch) the student's teacher pass runs in the
+    student's own batch (its features of S, detached), so the teacher normalises with the
+    same batch statistics as the student and identical inputs give identical maps. Without
+    batch statistics (frozen BatchNorm, the published setting; MCTformer's LayerNorm) it is
+    a pass of its own in eval mode without gradient, the spec's teacher: the in-batch pass
+    would add S to the student's backward (a quarter more images in it for nothing).
     The EMA copy runs separately in eval mode (its averaged running statistics).
     """
 
@@ -428,8 +431,11 @@ class Teacher:
 
     @property
     def in_batch(self):
-        """Whether the teacher needs S in the student's forward pass."""
-        return self.ema is None
+        """Whether the teacher needs S in the student's forward pass: the student's own
+        teacher, when its normalisation uses batch statistics."""
+        return self.ema is None and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+            for m in self.model.modules())
 
     def update(self):
         if self.ema is not None:
@@ -438,12 +444,16 @@ class Teacher:
     @torch.no_grad()
     def maps(self, images, features=None):
         """Raw (pre-ReLU) class maps of `images`: from the student's `features` of them
-        (in-batch teacher), or from the EMA copy in eval mode."""
-        if self.in_batch:
+        (in-batch teacher), or from a pass of the student or the EMA copy in eval mode."""
+        if features is not None:
             return self.model.cam_from_features(features, relu=False)
-        net = self.ema.module
+        net = self.model if self.ema is None else self.ema.module
+        mode = net.training
         net.eval()
-        return net.cam_from_features(net.features(images), relu=False)
+        try:
+            return net.cam_from_features(net.features(images), relu=False)
+        finally:
+            net.train(mode)
 
     def extras(self):
         return {"ema_teacher": self.ema} if self.ema is not None else {}
@@ -463,7 +473,8 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     decouple = epoch >= settings["warmup_epochs"]
     n = len(x)
 
-    inputs = [x, x_fg, x_bg] + ([source] if decouple and teacher.in_batch else [])
+    in_batch = decouple and teacher.in_batch
+    inputs = [x, x_fg, x_bg] + ([source] if in_batch else [])
     features = model.features(torch.cat(inputs))
     logits = model.logits_from_features(features[:3 * n])
     teacher.update()
@@ -476,7 +487,7 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     if not decouple:
         return loss_cls, {"cls": loss_cls, **draws}
 
-    teacher_maps = teacher.maps(source, features[3 * n:])
+    teacher_maps = teacher.maps(source, features[3 * n:] if in_batch else None)
     maps = model.cam_from_features(features[n:3 * n], relu=False,
                                    classifier_grad=settings["classifier_grad"])
     fg, bg = csd_cells(teacher_maps, maps[:n], maps[n:], batch, settings)

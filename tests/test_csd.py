@@ -775,6 +775,43 @@ def test_in_batch_teacher_equals_student_on_the_same_image(voc):
     assert parts["fg"].item() + parts["bg"].item() > 1e-4
 
 
+def test_teacher_pass_of_its_own_without_batch_statistics(voc, monkeypatch):
+    """Frozen BatchNorm (the published setting): the teacher's pass on S runs apart, in eval
+    mode without gradient, so S stays out of the student's backward; its losses are those
+    of the in-batch pass (which trainable BatchNorm needs) up to float rounding."""
+    root, ids, labels = voc
+    torch.manual_seed(0)
+    data = PastePairs(root, ids, labels, root / "SegmentationClass",
+                      train_transform("long", [64, 80], 64))
+    batch = torch.utils.data.default_collate([data[i] for i in range(4)])
+    passes = []
+
+    class PassCAMNet(CAMNet):
+        def features(self, x):
+            passes.append((len(x), torch.is_grad_enabled(), self.training))
+            return super().features(x)
+
+    assert Teacher(CAMNet(BACKBONE).train(), "same", 0.9).in_batch  # trainable BatchNorm
+    torch.manual_seed(1)
+    model = PassCAMNet(dict(BACKBONE, freeze_bn=True, strides=[2, 2, 1, 1])).train()  # as fit()
+    teacher = Teacher(model, "same", 0.9)
+    assert not teacher.in_batch
+    settings = dict(CSD, confidence=0.0)
+    criterion = nn.MultiLabelSoftMarginLoss()
+    loss, parts = csd_step(model, teacher, batch, 0, settings, criterion, "cpu")
+    assert passes == [(12, True, True), (4, False, False)] and model.training
+    assert parts["fg_images"] > 0 and parts["bg_images"] > 0
+    passes.clear()
+    monkeypatch.setattr(Teacher, "in_batch", property(lambda self: True))
+    loss_in_batch, parts_in_batch = csd_step(model, teacher, batch, 0, settings, criterion,
+                                             "cpu")
+    assert passes == [(16, True, True)]
+    for key in ("fg", "bg"):
+        assert parts[key].item() == pytest.approx(parts_in_batch[key].item(), rel=1e-4,
+                                                  abs=1e-6)
+    assert loss.item() == pytest.approx(loss_in_batch.item(), rel=1e-5)
+
+
 def test_source_pasted_on_itself_in_the_reference_forms(voc):
     """The author's forms on S pasted onto itself: L_fg is 0 (teacher and student give c_s
     the same term); L_bg is not 0 by design: the student's scores are scaled by 10 and the
