@@ -15,6 +15,8 @@ The output is a plain torchvision state_dict without `fc.`, which `backbone.pret
 """
 
 import sys
+from functools import partial
+from multiprocessing import Pool
 
 import cv2
 import numpy as np
@@ -36,23 +38,37 @@ PRETRAIN_KEYS = ("seed", "world", "n_images", "depth", "batch_size", "epochs", "
 NUM_TARGETS = len(CLASSES) + len(CONTEXTS)
 
 
-def render_set(world, n_images):
+def render_one(world, index):
+    """One image of the set (a pure function of the world and the index): the uint8 image,
+    JPEG-coded like toyvoc's files, and its classes and context as a target vector."""
+    plan = plan_image(world, index)
+    image, _, _, kept = render_image(world, plan)
+    data = np.frombuffer(jpeg_bytes(image, world["jpeg_quality"]), np.uint8)
+    target = np.zeros(NUM_TARGETS, np.float32)
+    for inst in kept:
+        target[inst["cls"]] = 1
+    target[len(CLASSES) + plan["context"]] = 1
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB), target
+
+
+def render_set(world, n_images, workers=1):
     """(uint8 images, float targets [n, 20 classes + 10 contexts]) drawn from `world`
-    (toyvoc settings without the split sizes; its `seed` is the generator seed), JPEG-coded
-    like toyvoc's files."""
+    (toyvoc settings without the split sizes; its `seed` is the generator seed), in
+    `workers` processes (the same set with any number)."""
     world = dict(world, n_train=n_images, n_val=1, n_test=0, n_sbd_train=0, n_sbd_val=0,
                  sbd_overlap=0)
     check_settings(world)
-    images, targets = [], np.zeros((n_images, NUM_TARGETS), np.float32)
-    for index in tqdm(range(n_images), desc="pretrain: rendering", file=sys.stderr,
-                      dynamic_ncols=True, mininterval=10):
-        plan = plan_image(world, index)
-        image, _, _, kept = render_image(world, plan)
-        data = np.frombuffer(jpeg_bytes(image, world["jpeg_quality"]), np.uint8)
-        images.append(cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB))
-        for inst in kept:
-            targets[index, inst["cls"]] = 1
-        targets[index, len(CLASSES) + plan["context"]] = 1
+    render = partial(render_one, world)
+    bar = partial(tqdm, total=n_images, desc="pretrain: rendering", file=sys.stderr,
+                  dynamic_ncols=True, mininterval=10)
+    if workers <= 1:
+        rendered = list(bar(map(render, range(n_images))))
+    else:
+        with Pool(workers) as pool:
+            rendered = list(bar(pool.imap(render, range(n_images), chunksize=64)))
+    images = [image for image, _ in rendered]
+    targets = np.stack([target for _, target in rendered]) if rendered else np.zeros(
+        (0, NUM_TARGETS), np.float32)
     return images, targets
 
 
@@ -84,7 +100,8 @@ def pretrain_backbone(backbone_out, model_out, history_out, settings, benchmark_
         raise ValueError(f"pretrain_backbone.world.seed ({world['seed']}) equals "
                          "dataset.toyvoc.seed: pretraining would see the benchmark's images")
     seed_everything(settings["seed"])
-    images, targets = render_set(world, settings["n_images"])
+    # The job holds torch's threads: rendering (one CPU core per ~100 images/s) uses them too.
+    images, targets = render_set(world, settings["n_images"], workers=torch.get_num_threads())
     dataset = RenderedSet(images, targets, train_transform(
         "long", settings["resize_long"], settings["crop"], flip=settings["flip"]))
 

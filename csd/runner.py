@@ -28,13 +28,22 @@ def log_to(path):
             os.close(saved[1])
 
 
+def use_threads(threads):
+    """Give torch `threads` intra-op threads (its default, all cores, oversubscribes
+    parallel jobs) without importing it: a job that needs no torch (merges, evaluations)
+    skips its ~2 s of import. A torch imported later starts with OMP_NUM_THREADS."""
+    threads = max(1, int(threads))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(threads)
+
+
 @contextmanager
 def job(smk):
     """Everything a workflow script does around its one call: log to the rule's log file and
-    use the rule's threads for torch (its default, all cores, oversubscribes parallel jobs)."""
-    import torch
-
-    torch.set_num_threads(max(1, smk.threads))
+    use the rule's threads for torch."""
+    use_threads(smk.threads)
     with log_to(smk.log[0] if smk.log else None):
         yield
 

@@ -5,7 +5,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from torch.utils.data import Dataset
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -91,12 +90,14 @@ def load_label_png(path):
     return np.asarray(Image.open(path))
 
 
-class VOCDataset(Dataset):
+class VOCDataset:
     """Images of a VOCdevkit tree (`.../VOC2012`), with image labels and/or label maps.
 
     `mask_dir` defaults to the tree's SegmentationClass; pass a pseudo-mask directory to
     train a segmenter on pseudo masks. `transform(sample) -> sample` sees a dict with
     `id`, `image` (HxWx3 uint8), and `label` (20 floats) / `mask` (HxW uint8) when given.
+    A map-style dataset for torch's DataLoader, without torch's base class, so the jobs that
+    only read VOC files (evaluations, splits) never import torch.
     """
 
     def __init__(self, voc_root, ids, labels=None, with_mask=False, mask_dir=None,

@@ -44,6 +44,13 @@ def test_render_set_labels_each_image_with_its_classes_and_context():
         assert plan["main"] in classes and classes <= set(plan["classes"])
 
 
+def test_render_set_is_the_same_in_worker_processes():
+    images, targets = render_set(WORLD, 10)
+    parallel_images, parallel_targets = render_set(WORLD, 10, workers=2)
+    assert np.array_equal(targets, parallel_targets)
+    assert all(np.array_equal(a, b) for a, b in zip(images, parallel_images, strict=True))
+
+
 def test_render_set_depends_on_the_generator_seed():
     first, _ = render_set(WORLD, 4)
     again, _ = render_set(WORLD, 4)

@@ -1,0 +1,31 @@
+"""csd.runner's job glue: the rule's threads reach torch, and the light jobs never import it."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_python(code):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def test_threads_reach_torch_imported_before_or_after_the_job_starts():
+    after = ("import sys; from csd.runner import use_threads; use_threads(1); "
+             "print('torch' in sys.modules); import torch; print(torch.get_num_threads())")
+    assert run_python(after) == ["False", "1"]
+    before = ("import torch; from csd.runner import use_threads; "
+              "use_threads(1); print(torch.get_num_threads())")
+    assert run_python(before) == ["1"]
+
+
+def test_the_evaluation_and_merge_jobs_do_not_import_torch():
+    modules = ["csd.runner", "csd.store", "csd.voc", "csd.metrics", "csd.splits",
+               "csd.cam_cells", "csd.table"]
+    code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
+    assert run_python(code) == ["False"]
