@@ -66,6 +66,34 @@ def test_job_threads_sets_the_threads_of_every_torch_job(tmp_path, job_threads,
             rule, expected["other"]), (rule, block)
 
 
+def job_priorities(text):
+    """{(rule, wildcards): priority} from a dry run's job blocks (no line means 0)."""
+    priorities = {}
+    for block in re.split(r"\n\s*\n", text):
+        name = re.search(r"^(?:local)?rule (\w+):", block, re.M)
+        wildcards = re.search(r"wildcards: (.*)", block)
+        if name and wildcards:
+            found = re.search(r"priority: (\d+)", block)
+            priorities[name.group(1), wildcards.group(1)] = int(found.group(1)) if found else 0
+    return priorities
+
+
+def test_the_base_runs_masks_come_first_and_deeplab_last(tmp_path):
+    """Round 1 (irn_csd, irn_cda) waits on irn's masks: with cores short, irn's stages up to
+    its masks start before any other run's, and every run's mask stages before DeepLab."""
+    proc = snakemake(tmp_path, "-n", configs=[REPO / "config/demo.yaml"])
+    priorities = job_priorities(proc.stdout + proc.stderr)
+    run = "method={}, seed=0"
+    for method, expected in (("irn", 2), ("mct", 2), ("irn_csd", 1), ("irn_cda", 1),
+                             ("mct_csd", 1)):
+        for rule in ("train_cam", "train_irn"):
+            assert priorities[rule, run.format(method)] == expected, (rule, method)
+        assert priorities["make_cam", run.format(method) + ", shard=0"] == expected
+        assert priorities["merge_shards", run.format(method) + ", kind=mask"] == expected
+        assert priorities["merge_shards", run.format(method) + ", kind=pred_val"] == 0
+        assert priorities["train_seg", run.format(method)] == 0
+
+
 def test_dry_run_of_the_unbiased_control(tmp_path):
     configs = [REPO / "config/benchmark.yaml", REPO / "config/benchmark_control.yaml"]
     proc = snakemake(tmp_path, "-n", configs=configs)

@@ -204,6 +204,26 @@ def round0_masks(w):
     return [f"{RESULTS}/{base}/seed{w.seed}/mask/all"] if base else []
 
 
+# Job order when cores are short (Snakemake starts the ready jobs of highest priority first):
+# the longest chain first. Round 1 (CSD, CDA) waits on its base method's pseudo masks, so a
+# base run's stages up to its masks go first (2), then every other run's (1), then DeepLab
+# and its inference (0), which nothing but the table waits on. No output changes.
+BASES = {METHODS[m]["base"] for m in config["methods"]} - {None}
+MASK_KINDS = ("cam", "ir_label", "mask")
+
+
+def run_priority(mask_stage):
+    """The priority of a run's jobs: `mask_stage`, whether the rule is one of the stages
+    from the classifier to the pseudo masks (a function of the wildcards for merge_shards)."""
+
+    def priority(w):
+        if not (mask_stage(w) if callable(mask_stage) else mask_stage):
+            return 0
+        return 2 if w.method in BASES else 1
+
+    return priority
+
+
 # Per-image stages run as `shards` jobs each (several GPUs or SLURM nodes share a stage);
 # merge_shards joins their outputs into one directory that later stages read.
 SHARDED = {"cam": "make_cam", "ir_label": "cam_to_ir_label", "mask": "make_sem_seg",

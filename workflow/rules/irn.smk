@@ -27,6 +27,7 @@ rule train_cam:
     threads: job_threads()
     resources:
         gpu=GPU,
+    priority: run_priority(True)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_cam.log",
     benchmark:
@@ -55,6 +56,7 @@ rule make_cam:
     threads: shard_threads("make_cam")
     resources:
         gpu=GPU,
+    priority: run_priority(True)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/make_cam.{{shard}}.log",
     benchmark:
@@ -74,6 +76,7 @@ rule merge_shards:
         kind="|".join(SHARDED),
     params:
         code=code_of("merge_shards"),
+    priority: run_priority(lambda w: w.kind in MASK_KINDS)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/merge_{{kind}}.log",
     conda:
@@ -112,6 +115,7 @@ rule cam_to_ir_label:
         settings=config["cam_to_ir_label"],
         shard=shard_of("cam_to_ir_label"),
     threads: config["cam_to_ir_label"]["workers"]
+    priority: run_priority(True)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/cam_to_ir_label.{{shard}}.log",
     benchmark:
@@ -140,6 +144,7 @@ rule train_irn:
     threads: job_threads()
     resources:
         gpu=GPU,
+    priority: run_priority(True)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_irn.log",
     benchmark:
@@ -168,6 +173,7 @@ rule make_sem_seg:
     threads: shard_threads("make_sem_seg")
     resources:
         gpu=GPU,
+    priority: run_priority(True)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/make_sem_seg.{{shard}}.log",
     benchmark:

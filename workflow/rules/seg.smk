@@ -25,6 +25,7 @@ rule train_seg:
     threads: job_threads()
     resources:
         gpu=GPU,
+    priority: run_priority(False)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/train_seg.log",
     benchmark:
@@ -55,6 +56,7 @@ rule infer_seg:
     threads: shard_threads("infer_seg")
     resources:
         gpu=GPU,
+    priority: run_priority(False)
     log:
         f"{LOGS}/{{method}}/seed{{seed}}/infer_seg_{{split}}.{{shard}}.log",
     benchmark:
