@@ -1,5 +1,5 @@
-"""DeepLab stage `infer_seg`: multi-scale + flip inference, dense CRF, label PNGs, and the
-archive the VOC evaluation server takes for the test split.
+"""DeepLab stage `infer_seg`: multi-scale + flip inference, dense CRF, label PNGs (the test
+split's archive for the VOC evaluation server: csd.voc.pack_test_archive).
 
 Per image, each scale (and its flip, flipped back) gives softmax probabilities at full
 size; the passes are fused by their per-pixel, per-class maximum and renormalised to sum
@@ -8,7 +8,6 @@ two PNGs (raw and CRF) exist are skipped (resume).
 """
 
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from tqdm import tqdm
 from csd.backbone import normalize
 from csd.crf import crf_inference
 from csd.deeplab import load_deeplab, predict_logits
-from csd.io import atomic_path, pending, save_png
+from csd.io import pending, save_png
 from csd.make_cam import rescale
 from csd.training import require
 from csd.voc import VOCDataset, load_image, palette
@@ -26,7 +25,6 @@ from csd.voc import VOCDataset, load_image, palette
 INFER_KEYS = ("scales", "flip", "crf")
 CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
             "bilateral_compat", "iterations")
-ARCHIVE_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
 
 
 @torch.no_grad()
@@ -77,18 +75,3 @@ def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, dev
         refined = crf_refine(image, probs, settings["crf"])
         save_png(out_crf_dir / f"{image_id}.png", refined.argmax(axis=0), palette())
     return len(todo)
-
-
-def pack_test_archive(pred_dir, ids, archive_path):
-    """Pack pred_dir/<id>.png as ARCHIVE_DIR/<id>.png into a tar.gz (the VOC server's
-    layout); returns the member names."""
-    pred_dir = Path(pred_dir)
-    paths = [pred_dir / f"{i}.png" for i in map(str, ids)]
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} predictions missing, e.g. {missing[:3]}")
-    names = [f"{ARCHIVE_DIR}/{p.name}" for p in paths]
-    with atomic_path(archive_path) as tmp, tarfile.open(tmp, "w:gz") as tar:
-        for path, name in zip(paths, names):
-            tar.add(path, arcname=name)
-    return names

@@ -1,10 +1,13 @@
 """PASCAL VOC conventions and the one dataset class used for real and synthetic data."""
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
+
+from csd.io import atomic_path
 
 CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -135,3 +138,22 @@ class VOCDataset:
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
+
+
+# The layout the VOC evaluation server takes for test-set predictions.
+ARCHIVE_DIR = "results/VOC2012/Segmentation/comp6_test_cls"
+
+
+def pack_test_archive(pred_dir, ids, archive_path):
+    """Pack pred_dir/<id>.png as ARCHIVE_DIR/<id>.png into a tar.gz (the VOC server's
+    layout); returns the member names."""
+    pred_dir = Path(pred_dir)
+    paths = [pred_dir / f"{i}.png" for i in map(str, ids)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} predictions missing, e.g. {missing[:3]}")
+    names = [f"{ARCHIVE_DIR}/{p.name}" for p in paths]
+    with atomic_path(archive_path) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for path, name in zip(paths, names):
+            tar.add(path, arcname=name)
+    return names

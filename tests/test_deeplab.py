@@ -13,8 +13,8 @@ from PIL import Image
 
 from csd.deeplab import (DeepLabV2, build_deeplab, load_deeplab, param_groups,
                          predict_logits)
-from csd.infer_seg import ARCHIVE_DIR, crf_refine, infer_deeplab, segment
-from csd.infer_seg import pack_test_archive
+from csd.infer_seg import crf_refine, infer_deeplab, segment
+from csd.voc import ARCHIVE_DIR, pack_test_archive
 from csd.io import save_png, save_torch
 from csd.train_seg import epochs_for, train_deeplab
 from csd.voc import load_label_png, palette

@@ -25,7 +25,7 @@ def test_threads_reach_torch_imported_before_or_after_the_job_starts():
 
 
 def test_the_evaluation_and_merge_jobs_do_not_import_torch():
-    modules = ["csd.runner", "csd.store", "csd.voc", "csd.metrics", "csd.splits",
+    modules = ["csd.runner", "csd.store", "csd.voc", "csd.metrics", "csd.splits", "csd.ir_label",
                "csd.cam_cells", "csd.table"]
     code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     assert run_python(code) == ["False"]
