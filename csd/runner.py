@@ -2,12 +2,15 @@
 
 import os
 import sys
+import traceback
 from contextlib import contextmanager
 
 
 @contextmanager
 def log_to(path):
-    """Redirect stdout/stderr (file descriptors too, for C extensions) to `path`."""
+    """Redirect stdout/stderr (file descriptors too, for C extensions) to `path`. An error
+    is written there too before it propagates: the log of a failed job says why it failed
+    (the interpreter prints it again, to the real stderr, once the streams are restored)."""
     if path is None:
         yield
         return
@@ -19,6 +22,9 @@ def log_to(path):
         os.dup2(log.fileno(), 2)
         try:
             yield
+        except BaseException:
+            traceback.print_exc()
+            raise
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

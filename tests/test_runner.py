@@ -29,3 +29,18 @@ def test_the_evaluation_and_merge_jobs_do_not_import_torch():
                "csd.cam_cells", "csd.table"]
     code = f"import sys; import {', '.join(modules)}; print('torch' in sys.modules)"
     assert run_python(code) == ["False"]
+
+
+def test_a_failing_job_writes_its_error_to_its_log_and_to_stderr(tmp_path):
+    log = tmp_path / "job.log"
+    code = ("from csd.runner import log_to\n"
+            f"with log_to({str(log)!r}):\n"
+            "    print('started')\n"
+            "    raise ValueError('bad key train_cam.epochs')\n")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    text = log.read_text()
+    assert "started" in text and "ValueError: bad key train_cam.epochs" in text
+    assert "ValueError: bad key train_cam.epochs" in out.stderr
