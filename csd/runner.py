@@ -22,7 +22,7 @@ def log_to(path):
         os.dup2(log.fileno(), 2)
         try:
             yield
-        except BaseException:
+        except Exception:  # an error, not an exit or an interrupt
             traceback.print_exc()
             raise
         finally:
