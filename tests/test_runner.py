@@ -8,10 +8,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_python(code):
+def python(code):
+    """`code` in a fresh interpreter at the repo root, without the caller's thread setting."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True,
-                         capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+
+
+def run_python(code):
+    out = python(code)
+    assert out.returncode == 0, out.stderr
     return out.stdout.split()
 
 
@@ -37,9 +43,7 @@ def test_a_failing_job_writes_its_error_to_its_log_and_to_stderr(tmp_path):
             f"with log_to({str(log)!r}):\n"
             "    print('started')\n"
             "    raise ValueError('bad key train_cam.epochs')\n")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
-                         capture_output=True, text=True)
+    out = python(code)
     assert out.returncode != 0
     text = log.read_text()
     assert "started" in text and "ValueError: bad key train_cam.epochs" in text
