@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from csd.io import save_json, save_torch
+from csd.precision import autocast, grad_scaler, prepare_model, resolve
 
 
 def require(settings, keys, section):
@@ -102,16 +103,30 @@ class Checkpoint:
         self.path.unlink(missing_ok=True)
 
 
+def grad_norm(model):
+    """The 2-norm of every parameter gradient together (inf or nan when one is not finite)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(
+        [torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+
+
+def terms(values):
+    return ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+
+
 def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, history_out,
-        device, extras=None, schedule=None):
+        device, extras=None, schedule=None, precision="fp32"):
     """The epoch loop of every training stage.
 
     step(model, batch, epoch) -> (loss, parts): parts is a dict of scalar tensors logged
-    per epoch. `extras` ({name: module}) are checkpointed and restored with the model.
-    Per iteration the lr of each param group follows poly(base_lrs), or
-    `schedule(step, total_steps)` -> one lr per group when given; per epoch the mean of
-    the loss and of each part goes to the history, and a checkpoint is saved. At the end
-    {"model", "settings"} goes to model_out and the history to history_out (JSON).
+    per epoch; it runs under autocast at `precision` (csd.precision; `auto` is resolved
+    for `device`), so a step keeps its losses in float32 itself. `extras` ({name: module})
+    are checkpointed and restored with the model. Per iteration the lr of each param group
+    follows poly(base_lrs), or `schedule(step, total_steps)` -> one lr per group when
+    given; per epoch the mean of the loss and of each part goes to the history with the
+    precision and torch threads the epoch ran with, and a checkpoint is saved. A step whose
+    loss or gradient is not finite stops the job (nothing of it is saved). At the end {"model",
+    "settings", "precision"} goes to model_out and the history to history_out (JSON).
     """
     steps_per_epoch = len(dataset) // settings["batch_size"]
     if steps_per_epoch == 0:
@@ -119,7 +134,11 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
                          f"{settings['batch_size']} (drop_last would leave no batch)")
     total_steps = steps_per_epoch * settings["epochs"]
     ids_sha1 = hashlib.sha1("\n".join(map(str, getattr(dataset, "ids", []))).encode())
-    checkpoint = Checkpoint(model_out, meta={"settings": settings,
+    precision = resolve(precision, device)
+    scaler = grad_scaler(precision, device)
+    model = prepare_model(model, precision)
+    # a checkpoint of another precision is another run: it is discarded, not resumed
+    checkpoint = Checkpoint(model_out, meta={"settings": settings, "precision": precision,
                                              "ids_sha1": ids_sha1.hexdigest()},
                             extras=extras)
     start, history = checkpoint.resume(model, optimizer)
@@ -138,25 +157,35 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
                    [poly_lr(lr, global_step, total_steps, settings["poly_power"])
                     for lr in base_lrs])
             set_lr(optimizer, lrs)
-            loss, parts = step(model, batch, epoch)
+            with autocast(precision, device):
+                loss, parts = step(model, batch, epoch)
+            values = {key: float(torch.as_tensor(value).detach())
+                      for key, value in {"loss": loss, **parts}.items()}
+            where = f"{name}: at epoch {epoch + 1}, step {i + 1}"
+            if not np.isfinite(values["loss"]):
+                raise FloatingPointError(f"{where} the loss is not finite ({terms(values)})")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for key, value in {"loss": loss, **parts}.items():
-                sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lrs[0]:.2e}")
+            scaler.scale(loss).backward()
+            # fp16's scaler skips a step with inf gradients itself (and lowers its scale)
+            if not scaler.is_enabled() and not np.isfinite(grad_norm(model)):
+                raise FloatingPointError(f"{where} the gradient is not finite ({terms(values)})")
+            scaler.step(optimizer)
+            scaler.update()
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lrs[0]:.2e}")
         bar.close()
         record = {"epoch": epoch + 1, "lr": lrs[0]}
         record.update({key: total / steps_per_epoch for key, total in sums.items()})
+        record.update(precision=precision, threads=torch.get_num_threads())
         history.append(record)
         print(f"{name} epoch {epoch + 1}: " + " ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "lr")),
-            file=sys.stderr)
-        if not np.isfinite(record["loss"]):
-            raise FloatingPointError(f"{name}: loss is {record['loss']} in epoch {epoch + 1}")
+            f"{k} {v:.4f}" for k, v in record.items()
+            if k not in ("epoch", "lr", "precision", "threads")), file=sys.stderr)
         checkpoint.save(epoch, model, optimizer, history)
 
-    save_torch(model_out, {"model": model.state_dict(), "settings": settings})
+    save_torch(model_out, {"model": model.state_dict(), "settings": settings,
+                           "precision": precision})
     save_json(history_out, history)
     checkpoint.remove()
     return history

@@ -1,3 +1,4 @@
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +26,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def layer_dtypes():
+    """The set of output dtypes of every convolution and linear layer run inside: what
+    autocast gave them (bfloat16 under a bf16 stage, float32 without autocast)."""
+    seen = set()
+
+    def hook(module, args, output):
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+# what csd.training.fit records for every epoch besides a step's own parts
+RECORD = {"epoch", "lr", "loss", "precision", "threads"}
 
 
 PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18
