@@ -131,7 +131,7 @@ def paste_batch(batch, fraction):
 
 
 def train_cam_cda(voc_root, ids, labels_csv, round0_mask_dir, model_out, history_out,
-                  settings, device="cpu"):
+                  settings, device="cpu", precision="fp32"):
     """train_cam with CDA's copy-paste (settings = train_cam's plus a `cda` section)."""
     ids, device, labels, transform = setup(settings, ids, labels_csv, device, "cda")
     cda = settings["cda"]
@@ -143,6 +143,7 @@ def train_cam_cda(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
 
     def step(model, batch, epoch):
         images, targets = paste_batch(batch, cda["paste_fraction"])
-        return criterion(model(images.to(device)), targets.to(device)), {}
+        return criterion(model(images.to(device)).float(), targets.to(device)), {}
 
-    return fit_classifier(model, dataset, step, settings, model_out, history_out, device)
+    return fit_classifier(model, dataset, step, settings, model_out, history_out, device,
+                          precision=precision)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import Dataset
 
+from csd.precision import float32, full_precision
 from csd.train_cam import CAM_CLASSIFIER
 from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
@@ -441,19 +442,25 @@ class Teacher:
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
+    def network(self):
+        return self.model if self.ema is None else self.ema.module
+
     @torch.no_grad()
-    def maps(self, images, features=None):
-        """Raw (pre-ReLU) class maps of `images`: from the student's `features` of them
-        (in-batch teacher), or from a pass of the student or the EMA copy in eval mode."""
-        if features is not None:
-            return self.model.cam_from_features(features, relu=False)
-        net = self.model if self.ema is None else self.ema.module
+    def features(self, images):
+        """The features of `images` from a pass of the student or the EMA copy in eval mode
+        (the in-batch teacher takes the student's own instead)."""
+        net = self.network()
         mode = net.training
         net.eval()
         try:
-            return net.cam_from_features(net.features(images), relu=False)
+            return net.features(images)
         finally:
             net.train(mode)
+
+    @torch.no_grad()
+    def maps(self, features):
+        """Raw (pre-ReLU) class maps from the teacher's features."""
+        return self.network().cam_from_features(features, relu=False)
 
     def extras(self):
         return {"ema_teacher": self.ema} if self.ema is not None else {}
@@ -475,8 +482,8 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
 
     in_batch = decouple and teacher.in_batch
     inputs = [x, x_fg, x_bg] + ([source] if in_batch else [])
-    features = model.features(torch.cat(inputs))
-    logits = model.logits_from_features(features[:3 * n])
+    features = model.features(torch.cat(inputs))  # under the stage's autocast, if any
+    logits = model.logits_from_features(features[:3 * n]).float()
     teacher.update()
     if settings["pasted_cls"]:
         loss_cls = criterion(logits, torch.cat([y, y_fg, y_bg]))
@@ -487,10 +494,14 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     if not decouple:
         return loss_cls, {"cls": loss_cls, **draws}
 
-    teacher_maps = teacher.maps(source, features[3 * n:] if in_batch else None)
-    maps = model.cam_from_features(features[n:3 * n], relu=False,
-                                   classifier_grad=settings["classifier_grad"])
-    fg, bg = csd_cells(teacher_maps, maps[:n], maps[n:], batch, settings)
+    teacher_features = features[3 * n:] if in_batch else teacher.features(source)
+    # The class maps and CSD's losses in float32: a channel min-max over ranges near 1e-4
+    # means nothing at bfloat16's 8-bit mantissa.
+    with full_precision(device):
+        teacher_maps = teacher.maps(float32(teacher_features))
+        maps = model.cam_from_features(float32(features[n:3 * n]), relu=False,
+                                       classifier_grad=settings["classifier_grad"])
+        fg, bg = csd_cells(teacher_maps, maps[:n], maps[n:], batch, settings)
     terms = {"cls": loss_cls, "fg": reduce_cells(fg, settings["reduction"]),
              "bg": reduce_cells(bg, settings["reduction"])}
     loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]
@@ -500,7 +511,7 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
 
 
 def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history_out,
-                  settings, device="cpu", classifier=CAM_CLASSIFIER):
+                  settings, device="cpu", classifier=CAM_CLASSIFIER, precision="fp32"):
     """train_cam with CSD (settings = the classifier's plus a `csd` section); writes the same
     files as the classifier's own training, the history with csd_step's parts per epoch.
     `classifier` (csd.train_cam.Classifier): the ResNet CAMNet, or csd.train_mct's
@@ -523,4 +534,4 @@ def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
         return csd_step(model, teacher, batch, epoch, csd, criterion, device)
 
     return classifier.fit(model, dataset, step, settings, model_out, history_out, device,
-                          extras=teacher.extras())
+                          extras=teacher.extras(), precision=precision)

@@ -19,6 +19,7 @@ from csd.crf import crf_inference
 from csd.deeplab import load_deeplab, predict_logits
 from csd.io import pending, save_png
 from csd.make_cam import rescale
+from csd.precision import autocast, prepare_model, resolve
 from csd.training import require
 from csd.voc import VOCDataset, load_image, palette
 
@@ -27,9 +28,10 @@ CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb"
             "bilateral_compat", "iterations")
 
 
-@torch.no_grad()
-def segment(model, image, settings, device="cpu"):
-    """uint8 HxWx3 image -> fused class probabilities, float32 numpy [21, H, W]."""
+@torch.inference_mode()
+def segment(model, image, settings, device="cpu", precision="fp32"):
+    """uint8 HxWx3 image -> fused class probabilities, float32 numpy [21, H, W] (the
+    network under autocast at the resolved `precision`, the softmax in float32)."""
     if not settings["scales"]:
         raise ValueError("settings 'infer_seg.scales' is empty")
     size = image.shape[:2]
@@ -38,7 +40,9 @@ def segment(model, image, settings, device="cpu"):
         x = normalize(np.array(rescale(image, scale))).to(device)  # copy: PIL's is read-only
         if settings["flip"]:
             x = torch.cat([x, x.flip(-1)])
-        probs = torch.softmax(predict_logits(model, x, size), dim=1)
+        with autocast(precision, device):
+            logits = predict_logits(model, x, size).float()
+        probs = torch.softmax(logits, dim=1)
         if settings["flip"]:
             probs = torch.stack([probs[0], probs[1].flip(-1)])
         probs = probs.amax(dim=0)
@@ -53,9 +57,11 @@ def crf_refine(image, probs, crf_settings):
     return crf_inference(image, probs, crf_settings)
 
 
-def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, device="cpu"):
+def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, device="cpu",
+                  precision="fp32"):
     """Write palette PNGs (labels 0..20) out_dir/<id>.png (raw) and out_crf_dir/<id>.png
-    (after the CRF) for each id; returns the number of images processed."""
+    (after the CRF) for each id, the network at `precision` (csd.precision); returns the
+    number of images processed."""
     require(settings, INFER_KEYS, "infer_seg")
     require(settings["crf"], CRF_KEYS, "infer_seg.crf")
     out_dir, out_crf_dir = Path(out_dir), Path(out_crf_dir)
@@ -65,12 +71,15 @@ def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, dev
     if not todo:
         return 0
     device = torch.device(device)
-    model = load_deeplab(model_path, device)
+    precision = resolve(precision, device)
+    print(f"infer_seg: precision {precision}, {torch.get_num_threads()} threads",
+          file=sys.stderr)
+    model = prepare_model(load_deeplab(model_path, device), precision)
     images = VOCDataset(voc_root, todo)
     for image_id in tqdm(todo, desc="infer_seg", unit="img", file=sys.stderr,
                          dynamic_ncols=True):
         image = load_image(images.image_path(image_id))
-        probs = segment(model, image, settings, device)
+        probs = segment(model, image, settings, device, precision)
         save_png(out_dir / f"{image_id}.png", probs.argmax(axis=0), palette())
         refined = crf_refine(image, probs, settings["crf"])
         save_png(out_crf_dir / f"{image_id}.png", refined.argmax(axis=0), palette())

@@ -21,6 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from csd.io import pending, save_npz
+from csd.precision import autocast, prepare_model, resolve
 from csd.train_cam import load_cam_net, load_labels_for
 from csd.training import require
 from csd.transforms import eval_transform
@@ -39,9 +40,10 @@ def rescale(image, scale):
     return np.asarray(Image.fromarray(image).resize(size[::-1], Image.BICUBIC))
 
 
-@torch.no_grad()
-def multiscale_cam(model, image, keys, scales, flip, device="cpu"):
-    """Sum over scales (and flips) of the CAMs of classes `keys` of a uint8 HxWx3 image.
+@torch.inference_mode()
+def multiscale_cam(model, image, keys, scales, flip, device="cpu", precision="fp32"):
+    """Sum over scales (and flips) of the CAMs of classes `keys` of a uint8 HxWx3 image,
+    the network under autocast at the resolved `precision`, the rest in float32.
 
     Returns (cam [K, ceil(H/4), ceil(W/4)], high_res [K, H, W]) as float32 tensors on the
     CPU, not normalised.
@@ -57,7 +59,8 @@ def multiscale_cam(model, image, keys, scales, flip, device="cpu"):
         x = normalize({"image": rescale(image, scale)})["image"].unsqueeze(0).to(device)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        maps = model.cam(x)[:, keys]
+        with autocast(precision, device):
+            maps = model.cam(x)[:, keys].float()
         # One map per scale: the image's CAM plus its flip's CAM flipped back (IRN).
         maps = (maps[0] + maps[1].flip(-1) if flip else maps[0]).unsqueeze(0)
         cam += F.interpolate(maps, strided, mode="bilinear", align_corners=False)[0]
@@ -72,10 +75,10 @@ def normalize_max(maps):
 
 
 def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="cpu",
-              load=load_cam_net):
+              load=load_cam_net, precision="fp32"):
     """Write `<out_dir>/<id>.npz` for every id (ids already written are skipped).
     load(model_path, device) -> a model whose `cam(x)` gives [B, 20, h, w] maps (CAMNet, or
-    csd.train_mct.load_mct's MCTformer)."""
+    csd.train_mct.load_mct's MCTformer); it runs at `precision` (csd.precision)."""
     require(settings, MAKE_CAM_KEYS, "make_cam")
     if not settings["scales"]:
         raise ValueError("settings 'make_cam.scales' is empty")
@@ -86,13 +89,15 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
         return 0
     labels = load_labels_for(labels_csv, todo)
     dataset = VOCDataset(voc_root, todo, labels=labels)
-    model = load(model_path, device)
+    precision = resolve(precision, device)
+    print(f"make_cam: precision {precision}, {torch.get_num_threads()} threads", file=sys.stderr)
+    model = prepare_model(load(model_path, device), precision)
     for index in tqdm(range(len(dataset)), file=sys.stderr, dynamic_ncols=True,
                       desc="make_cam"):
         sample = dataset[index]
         keys = np.flatnonzero(sample["label"] > 0).astype(np.int64)
         cam, high_res = multiscale_cam(model, sample["image"], keys, settings["scales"],
-                                       settings["flip"], device)
+                                       settings["flip"], device, precision)
         save_npz(out_dir / f"{sample['id']}.npz", keys=keys,
                  cam=normalize_max(cam).numpy().astype(np.float32),
                  high_res=normalize_max(high_res).numpy().astype(np.float32))

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from csd.backbone import normalize
 from csd.io import pending, save_png
 from csd.irn import load_irn
+from csd.precision import autocast, prepare_model, resolve
 from csd.random_walk import propagate, sem_seg_from_rw
 from csd.store import load_cam_pack
 from csd.training import require
@@ -27,8 +28,8 @@ from csd.voc import load_image, palette
 SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold", "pad_to_crop")
 
 
-@torch.no_grad()
-def edge_map(model, image, device, pad_to=None):
+@torch.inference_mode()
+def edge_map(model, image, device, pad_to=None, precision="fp32"):
     """HxWx3 uint8 -> boundary probabilities [ceil(H/4), ceil(W/4)] (image + flip, IRN).
 
     pad_to: IRN's inference padding. The normalised image and its flip are zero-padded
@@ -36,19 +37,22 @@ def edge_map(model, image, device, pad_to=None):
     pad_to, and the logits are cut back to the image's grid before the flip is undone. A side
     already longer than pad_to is left as it is (IRN's negative padding would crop it and
     lose the CAMs' alignment; VOC images never exceed its 512 crop). None: no padding.
+    The network runs under autocast at the resolved `precision`; the sigmoid in float32.
     """
     x = normalize(image.copy()).to(device)  # a writable copy: PIL arrays are read-only
     h, w = x.shape[-2:]
     x = torch.cat([x, x.flip(-1)])
     if pad_to:
         x = F.pad(x, (0, max(pad_to - w, 0), 0, max(pad_to - h, 0)))
-    logits = model(x)[:, 0, :(h + 3) // 4, :(w + 3) // 4]
+    with autocast(precision, device):
+        logits = model(x)[:, 0, :(h + 3) // 4, :(w + 3) // 4].float()
     return torch.sigmoid(logits[0] / 2 + logits[1].flip(-1) / 2)
 
 
-def sem_seg_one(model, image, cam_pack, settings, device):
-    """One image -> uint8 label map (0 background, keys + 1)."""
-    edge = edge_map(model, image, device, settings["crop"] if settings["pad_to_crop"] else None)
+def sem_seg_one(model, image, cam_pack, settings, device, precision="fp32"):
+    """One image -> uint8 label map (0 background, keys + 1); the random walk in float32."""
+    edge = edge_map(model, image, device, settings["crop"] if settings["pad_to_crop"] else None,
+                    precision)
     cams = torch.as_tensor(np.asarray(cam_pack["cam"], dtype=np.float32), device=device)
     keys = np.asarray(cam_pack["keys"], dtype=np.int64)
     if cams.ndim != 3 or cams.shape[0] != len(keys) or cams.shape[1:] != edge.shape:
@@ -58,8 +62,10 @@ def sem_seg_one(model, image, cam_pack, settings, device):
     return sem_seg_from_rw(rw, keys, image.shape[:2], settings["bg_threshold"])
 
 
-def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="cpu"):
-    """Write out_dir/<id>.png (palette PNG) for each id; existing PNGs are skipped.
+def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="cpu",
+                 precision="fp32"):
+    """Write out_dir/<id>.png (palette PNG) for each id; existing PNGs are skipped. The
+    edge network runs at `precision` (csd.precision).
 
     Returns the number of PNGs written.
     """
@@ -71,13 +77,16 @@ def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="
     if not todo:
         return 0
     device = torch.device(device)
-    model = load_irn(irn_model, device)
+    precision = resolve(precision, device)
+    print(f"make_sem_seg: precision {precision}, {torch.get_num_threads()} threads",
+          file=sys.stderr)
+    model = prepare_model(load_irn(irn_model, device), precision)
     for image_id in tqdm(todo, desc="make_sem_seg", unit="img", file=sys.stderr,
                          dynamic_ncols=True):
         image = load_image(Path(voc_root) / "JPEGImages" / f"{image_id}.jpg")
         cam_pack = load_cam_pack(cam_dirs, image_id, fields=("keys", "cam"))
         try:
-            mask = sem_seg_one(model, image, cam_pack, settings, device)
+            mask = sem_seg_one(model, image, cam_pack, settings, device, precision)
         except ValueError as err:
             raise ValueError(f"{image_id}: {err}") from None
         save_png(out_dir / f"{image_id}.png", mask, palette())

@@ -86,7 +86,7 @@ class RenderedSet(Dataset):
 
 
 def pretrain_backbone(backbone_out, model_out, history_out, settings, benchmark_seed=None,
-                      device="cpu"):
+                      device="cpu", precision="fp32"):
     """Render the pretraining set, train a ResNet on it (checkpointed, resumable), and write
     the backbone's torchvision state_dict (no `fc.`) to backbone_out; the whole classifier
     ({"model", "settings"}) goes to model_out, the per-epoch history to history_out.
@@ -116,10 +116,11 @@ def pretrain_backbone(backbone_out, model_out, history_out, settings, benchmark_
 
     def step(model, batch, epoch):
         logits = model(batch["image"].to(device, non_blocking=True))
-        return criterion(logits, batch["label"].to(device, non_blocking=True)), {}
+        return criterion(logits.float(), batch["label"].to(device, non_blocking=True)), {}
 
     history = fit("pretrain_backbone", net, optimizer, dataset, step, [settings["lr"]],
-                  settings, model_out, history_out, device)
-    backbone = {k: v.cpu() for k, v in net.state_dict().items() if not k.startswith("fc.")}
+                  settings, model_out, history_out, device, precision=precision)
+    backbone = {k: v.cpu().contiguous() for k, v in net.state_dict().items()
+                if not k.startswith("fc.")}
     save_torch(backbone_out, backbone)
     return history

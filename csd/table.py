@@ -37,9 +37,23 @@ def train_cpu_seconds(benchmark_tsv):
     return float(frame["cpu_time"].iloc[-1])
 
 
+def run_precision(histories):
+    """The precision a run's training stages used, from their histories ({stage: path}):
+    one value when all agree, else `stage:precision` pairs; None when none records it."""
+    used = {}
+    for stage, path in histories.items():
+        records = json.loads(Path(path).read_text())
+        if records and "precision" in records[-1]:
+            used[stage] = records[-1]["precision"]
+    if len(set(used.values())) <= 1:
+        return next(iter(used.values()), None)
+    return " ".join(f"{stage}:{precision}" for stage, precision in used.items())
+
+
 def long_table(runs):
-    """runs: [{"method", "seed", "metrics": {kind: path}, "train_tsv": path or None,
-    "test_archive": path or None}] -> (long frame, per-class frame)."""
+    """runs: [{"method", "seed", "metrics": {kind: path}, "histories": {stage: path},
+    "train_tsv": path or None, "test_archive": path or None}] -> (long frame, per-class
+    frame). Metrics kinds a run does not list (no DeepLab) leave their columns empty."""
     rows, per_class = [], []
     for run in runs:
         row = {"method": run["method"], "seed": int(run["seed"])}
@@ -51,6 +65,7 @@ def long_table(runs):
                                   "kind": kind, "class": name, "iou": iou})
         if run.get("train_tsv"):
             row["train_cpu_s"] = train_cpu_seconds(run["train_tsv"])
+        row["precision"] = run_precision(run.get("histories", {}))
         row["test_archive"] = run.get("test_archive")
         rows.append(row)
     return pd.DataFrame(rows), pd.DataFrame(per_class)
@@ -72,6 +87,8 @@ def summary_table(long, literature=None, baseline="irn"):
             row[f"{column}_std"] = values.std(ddof=1) if values.notna().sum() > 1 else None
         archives = [a for a in group.get("test_archive", []) if isinstance(a, str)]
         row["test_archive"] = ";".join(archives) or None
+        precisions = [p for p in group.get("precision", []) if isinstance(p, str)]
+        row["precision"] = ";".join(dict.fromkeys(precisions)) or None
         if "train_cpu_s" in group:
             row["train_cpu_s"] = group["train_cpu_s"].mean()
             if base_time:

@@ -68,17 +68,18 @@ def setup(settings, ids, labels_csv, device, regime=None):
 
 
 def fit_classifier(model, dataset, step, settings, model_out, history_out, device,
-                   extras=None):
+                   extras=None, precision="fp32"):
     """The shared epoch loop (csd.training.fit) with the classifier's optimizer and lrs."""
     return fit("train_cam", model, make_optimizer(model, settings), dataset, step,
-               base_lrs(settings), settings, model_out, history_out, device, extras=extras)
+               base_lrs(settings), settings, model_out, history_out, device, extras=extras,
+               precision=precision)
 
 
 class Classifier(NamedTuple):
     """How a classifier kind is trained, for the trainers shared by both kinds (CSD):
     setup(settings, ids, labels_csv, device, regime) -> (ids, device, labels, transform),
     build(settings) -> model, fit(model, dataset, step, settings, model_out, history_out,
-    device, extras) -> history."""
+    device, extras, precision) -> history."""
 
     setup: Callable
     build: Callable
@@ -89,9 +90,11 @@ CAM_CLASSIFIER = Classifier(setup=setup, build=lambda settings: CAMNet(settings[
                             fit=fit_classifier)
 
 
-def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu"):
-    """Train CAMNet on `ids`; write {"model", "settings"} to model_out, history JSON to
-    history_out (one {"epoch", "loss", "lr"} record per epoch)."""
+def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu",
+              precision="fp32"):
+    """Train CAMNet on `ids` at `precision` (csd.precision); write {"model", "settings",
+    "precision"} to model_out, history JSON to history_out (one {"epoch", "loss", "lr",
+    "precision", "threads"} record per epoch)."""
     ids, device, labels, transform = setup(settings, ids, labels_csv, device)
     dataset = VOCDataset(voc_root, ids, labels=labels, transform=transform)
     model = CAMNet(settings["backbone"]).to(device)
@@ -100,9 +103,10 @@ def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, devic
     def step(model, batch, epoch):
         images = batch["image"].to(device, non_blocking=True)
         targets = batch["label"].to(device, non_blocking=True)
-        return criterion(model(images), targets), {}
+        return criterion(model(images).float(), targets), {}
 
-    return fit_classifier(model, dataset, step, settings, model_out, history_out, device)
+    return fit_classifier(model, dataset, step, settings, model_out, history_out, device,
+                          precision=precision)
 
 
 def load_cam_net(model_path, device="cpu"):

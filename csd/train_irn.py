@@ -19,14 +19,14 @@ TRAIN_KEYS = ("seed", "backbone", "init_from_cam", "batch_size", "epochs", "lr",
 
 def irn_step(model, images, masks, radius):
     """One batch: crops [B,3,H,W], IR labels [B,H,W] -> (total loss, parts)."""
-    edge = torch.sigmoid(model(images)).squeeze(1)
+    edge = torch.sigmoid(model(images).float()).squeeze(1)  # the affinities in float32
     aff = edge_to_affinity(edge, radius)
     bg_pos, fg_pos, neg = pair_labels(downsample_label(masks), radius)
     return affinity_loss(aff, bg_pos, fg_pos, neg)
 
 
 def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam_model=None,
-              device="cpu"):
+              device="cpu", precision="fp32"):
     """Train the edge branch on `ids` with IR labels `ir_label_dir/<id>.png`.
 
     Writes {"model": state_dict, "settings": settings} to model_out and the history JSON
@@ -50,4 +50,4 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam
         return irn_step(model, images, masks, settings["radius"])
 
     return fit("train_irn", model, optimizer, dataset, step, [settings["lr"]], settings,
-               model_out, history_out, device)
+               model_out, history_out, device, precision=precision)

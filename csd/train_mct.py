@@ -3,8 +3,8 @@
 DeiT's recipe as MCTformer uses it: AdamW at lr * batch_size / lr_batch, no weight decay on
 biases, norms, tokens and position embeddings, cosine schedule per iteration with a linear
 warm-up (timm.scheduler), drop path, RandAugment + random erasing (timm's transforms) after a
-random resized crop, mixed precision (bfloat16 autocast) on CUDA only. The epoch loop,
-checkpoint/resume and history are csd.training.fit's, as for the ResNet classifier.
+random resized crop, mixed precision (the `precision` setting, csd.precision). The epoch
+loop, checkpoint/resume and history are csd.training.fit's, as for the ResNet classifier.
 
 CSD (mct_csd) pastes between aligned crops of images and their pseudo masks, which timm's
 image-only pipeline cannot keep aligned: its pairs get the ResNet path's resize/flip/crop
@@ -26,7 +26,7 @@ from csd.voc import VOCDataset
 
 TRAIN_KEYS = ("seed", "model", "batch_size", "epochs", "lr", "lr_batch", "min_lr",
               "warmup_lr", "warmup_epochs", "weight_decay", "crop", "scale", "auto_augment",
-              "re_prob", "resize_long", "flip", "amp", "cam_layers", "num_workers")
+              "re_prob", "resize_long", "flip", "cam_layers", "num_workers")
 
 
 class TimmImageTransform:
@@ -85,9 +85,9 @@ def effective_lr(settings):
     return settings["lr"] * settings["batch_size"] / settings["lr_batch"]
 
 
-def fit_mct(model, dataset, step, settings, model_out, history_out, device, extras=None):
-    """csd.training.fit with AdamW, the warm-up + cosine schedule per iteration, and
-    bfloat16 autocast around each step on CUDA when `amp`."""
+def fit_mct(model, dataset, step, settings, model_out, history_out, device, extras=None,
+            precision="fp32"):
+    """csd.training.fit with AdamW and the warm-up + cosine schedule per iteration."""
     device = torch.device(device)
     optimizer = torch.optim.AdamW(model.param_groups(settings["weight_decay"]),
                                   lr=effective_lr(settings))
@@ -101,20 +101,15 @@ def fit_mct(model, dataset, step, settings, model_out, history_out, device, extr
         scheduler.step_update(global_step)
         return [group["lr"] for group in optimizer.param_groups]
 
-    amp = bool(settings["amp"]) and device.type == "cuda"
-
-    def amp_step(model, batch, epoch):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            return step(model, batch, epoch)
-
-    return fit("train_mct", model, optimizer, dataset, amp_step, None, settings, model_out,
-               history_out, device, extras=extras, schedule=schedule)
+    return fit("train_mct", model, optimizer, dataset, step, None, settings, model_out,
+               history_out, device, extras=extras, schedule=schedule, precision=precision)
 
 
 MCT_CLASSIFIER = Classifier(setup=setup_mct, build=build, fit=fit_mct)
 
 
-def train_mct(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu"):
+def train_mct(voc_root, ids, labels_csv, model_out, history_out, settings, device="cpu",
+              precision="fp32"):
     """Train MCTformer-V2 on `ids`; writes {"model", "settings"} and the history as train_cam
     (records with the loss of each head: cls = class tokens, patch = patch CAM)."""
     ids, device, labels, transform = setup_mct(settings, ids, labels_csv, device)
@@ -128,7 +123,8 @@ def train_mct(voc_root, ids, labels_csv, model_out, history_out, settings, devic
         losses = [model.classification_loss(logits[:, i:i + 1], targets) for i in range(2)]
         return losses[0] + losses[1], {"cls": losses[0], "patch": losses[1]}
 
-    return fit_mct(model, dataset, step, settings, model_out, history_out, device)
+    return fit_mct(model, dataset, step, settings, model_out, history_out, device,
+                   precision=precision)
 
 
 def load_mct(model_path, device="cpu", cam_layers=3, refine=True):

@@ -27,7 +27,7 @@ def epochs_for(iterations, n_images, batch_size):
 
 
 def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam_model=None,
-                  device="cpu"):
+                  device="cpu", precision="fp32"):
     """Train on `ids` with masks `mask_dir/<id>.png` (255 = ignored).
 
     With settings["init_from_cam"] the backbone starts from the classifier file `cam_model`.
@@ -60,7 +60,7 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam
         masks = batch["mask"].to(device, non_blocking=True)
         # Logits upsampled to the labels (not labels downsampled to stride 8): no label is
         # lost to nearest-neighbour subsampling.
-        return criterion(predict_logits(model, images), masks), {}
+        return criterion(predict_logits(model, images).float(), masks), {}
 
     return fit("train_seg", model, optimizer, dataset, step, base_lrs, settings, model_out,
-               history_out, device)
+               history_out, device, precision=precision)

@@ -15,7 +15,7 @@ from csd.io import save_npz, save_torch
 from csd.make_cam import make_cams, multiscale_cam, normalize_max, rescale
 from csd.train_cam import load_cam_net, train_cam
 from csd.transforms import eval_transform
-from tests.conftest import make_voc
+from tests.conftest import layer_dtypes, make_voc
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,
             "freeze_bn": False}
@@ -312,3 +312,23 @@ def test_epoch_loader_shuffles_by_seed_and_epoch_and_drops_the_last_partial_batc
     assert order(0) == first
     orders = [tuple(order(epoch)) for epoch in range(5)]
     assert len(set(orders)) == 5 and orders[0] != tuple(range(8))
+
+
+def test_train_cam_and_make_cams_compute_in_bf16_and_write_float32(voc, tmp_path):
+    """At bf16 every convolution computes in bfloat16 (autocast), while the CAMs written
+    keep make_cam's float32 normalisation and stay close to the float32 network's."""
+    root, ids, _ = voc
+    with layer_dtypes() as seen:
+        history = train_cam(root, ids, root / "labels.csv", tmp_path / "cam.pth",
+                            tmp_path / "h.json", dict(TRAIN, epochs=1), precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    maps = {}
+    for setting in ("bf16", "fp32"):
+        with layer_dtypes() as seen:
+            make_cams(root, ids[:2], root / "labels.csv", tmp_path / "cam.pth",
+                      tmp_path / setting, MAKE_CAM, precision=setting)
+        assert seen == {torch.bfloat16 if setting == "bf16" else torch.float32}
+        maps[setting] = np.load(tmp_path / setting / f"{ids[0]}.npz")["high_res"]
+    assert maps["bf16"].dtype == np.float32
+    np.testing.assert_allclose(maps["bf16"].max(axis=(1, 2)), 1.0, atol=1e-3)
+    assert 0 < np.abs(maps["bf16"] - maps["fp32"]).mean() < 0.02

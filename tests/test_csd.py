@@ -14,7 +14,7 @@ import yaml
 
 from csd.backbone import MEAN, STD
 from csd.cam_net import CAMNet
-from csd import copy_paste
+from csd import copy_paste, decoupling
 from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
 from csd.config import ConfigError, validate_config
 from csd.decoupling import (
@@ -25,7 +25,7 @@ from csd.decoupling import (
 from csd.transforms import train_transform
 from csd.io import save_png
 from csd.voc import load_image, load_label_png, load_labels, palette
-from tests.conftest import COLOURS, make_voc
+from tests.conftest import COLOURS, RECORD, layer_dtypes, make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 0,
@@ -729,7 +729,7 @@ def test_gradients_reach_student_not_teacher(voc, kind, losses):
     assert model.backbone.stage4[-1].conv1.weight.grad.abs().sum() > 0
     assert model.training  # the teacher pass left the student in train mode
     source = batch["source_image"]
-    assert not teacher.maps(source, model.features(source)).requires_grad
+    assert not teacher.maps(model.features(source)).requires_grad
     if kind == "ema":
         assert all(p.grad is None and not p.requires_grad for p in teacher.ema.parameters())
     # classifier_grad false: the decoupling losses reach the features, not the classifier
@@ -845,7 +845,7 @@ def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, mo
     assert [h["epoch"] for h in history] == [1, 2]
     # every part of csd_step per epoch: the terms, their gradient norms on the features, the
     # shares of images with cells to learn from and of draws that co-occur with T
-    assert all(set(h) == PARTS | {"epoch", "lr", "loss"} for h in history)
+    assert all(set(h) == PARTS | RECORD for h in history)
     assert all(np.isfinite(h[k]) for h in history for k in PARTS)
     assert all(0 <= h[k] <= 1 for h in history for k in
                ("fg_images", "bg_images", "draw_cooccurs", "draw_in_target"))
@@ -1045,3 +1045,31 @@ def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path, monkeypa
             share.append(changed.float().mean())
     # half of each batch pasted, instances of 0.2-0.7 of the crop's side
     assert 0.01 < torch.stack(share).mean() < 0.5 * 0.7 ** 2
+
+
+@pytest.mark.parametrize("method", ["csd", "cda"])
+def test_csd_and_cda_train_in_bf16_with_csds_losses_in_float32(voc, tmp_path, monkeypatch,
+                                                               method):
+    """The network's convolutions compute in bfloat16; CSD's class maps, min-max and losses
+    in float32 with autocast off (a channel range near 1e-4 means nothing in bfloat16)."""
+    root, ids, _ = voc
+    args = (root, ids, root / "labels.csv", root / "SegmentationClass", tmp_path / "m.pt",
+            tmp_path / "h.json")
+    cells = []
+    real = csd_cells
+
+    def spy(teacher_maps, *args):
+        fg, bg = real(teacher_maps, *args)
+        cells.append((teacher_maps.dtype, args[0].dtype, args[1].dtype, fg.loss.dtype,
+                      bg.loss.dtype, torch.is_autocast_enabled("cpu")))
+        return fg, bg
+
+    monkeypatch.setattr(decoupling, "csd_cells", spy)
+    train = train_cam_csd if method == "csd" else train_cam_cda
+    settings = dict(TRAIN, epochs=1, **({"csd": CSD} if method == "csd" else {"cda": CDA}))
+    with layer_dtypes() as seen:
+        history = train(*args, settings, precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    assert np.isfinite(history[0]["loss"])
+    if method == "csd":
+        assert cells and set(cells) == {(torch.float32,) * 5 + (False,)}

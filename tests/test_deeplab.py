@@ -18,7 +18,7 @@ from csd.voc import ARCHIVE_DIR, pack_test_archive
 from csd.io import save_png, save_torch
 from csd.train_seg import epochs_for, train_deeplab
 from csd.voc import load_label_png, palette
-from tests.conftest import make_voc
+from tests.conftest import RECORD, layer_dtypes, make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 
 BACKBONE = {"depth": 18, "pretrained": None, "freeze_bn": True}
@@ -179,7 +179,7 @@ def test_v2_batchnorm_trains_when_not_frozen():
 def test_train_deeplab_writes_model_and_history(trained):
     out, history = trained
     assert [r["epoch"] for r in history] == [1, 2]
-    assert all(set(r) == {"epoch", "lr", "loss"} and math.isfinite(r["loss"]) for r in history)
+    assert all(set(r) == RECORD and math.isfinite(r["loss"]) for r in history)
     assert history[1]["lr"] < history[0]["lr"] < TRAIN["lr"]
     assert json.loads((out / "history.json").read_text()) == history
     assert not (out / "seg.pth.ckpt").exists()
@@ -313,3 +313,20 @@ def test_infer_deeplab_writes_pngs_and_archive(voc, v2, tmp_path):
     with pytest.raises(FileNotFoundError, match=ids[2]):
         pack_test_archive(crf, ids[:3], tmp_path / "bad.tgz")
     assert not (tmp_path / "bad.tgz").exists()
+
+
+def test_train_and_infer_deeplab_compute_in_bf16(voc, tmp_path):
+    root, ids = voc
+    with layer_dtypes() as seen:
+        history = train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "seg.pth",
+                                tmp_path / "h.json", dict(TRAIN, iterations=2),
+                                precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    predictions = {}
+    for setting in ("bf16", "fp32"):
+        with layer_dtypes() as seen:
+            assert infer_deeplab(root, ids[:1], tmp_path / "seg.pth", tmp_path / setting,
+                                 tmp_path / f"{setting}_crf", INFER, precision=setting) == 1
+        assert seen == {torch.bfloat16 if setting == "bf16" else torch.float32}
+        predictions[setting] = load_label_png(tmp_path / setting / f"{ids[0]}.png")
+    assert (predictions["bf16"] == predictions["fp32"]).mean() > 0.9

@@ -17,6 +17,7 @@ from csd.make_sem_seg import edge_map, make_sem_seg
 from csd.random_walk import path_directions
 from csd.train_irn import train_irn
 from csd.voc import IGNORE, load_label_png, palette
+from tests.conftest import RECORD, layer_dtypes
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]}
 # make_sem_seg's settings; crop is train_irn's (irn_settings)
@@ -170,7 +171,7 @@ def test_train_irn_and_resume(tmp_path, monkeypatch):
     full = train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "a" / "irn.pth",
                      tmp_path / "a" / "history.json", settings)
     assert len(full) == 2 and all(np.isfinite(r["loss"]) for r in full)
-    assert set(full[0]) == {"epoch", "loss", "lr", "bg_pos", "fg_pos", "neg"}
+    assert set(full[0]) == RECORD | {"bg_pos", "fg_pos", "neg"}
     assert json.loads((tmp_path / "a" / "history.json").read_text()) == full
     saved = torch.load(tmp_path / "a" / "irn.pth", weights_only=True)
     assert saved["settings"] == settings
@@ -284,3 +285,27 @@ def test_make_sem_seg_rejects_misaligned_cams(tmp_path):
         make_sem_seg(voc_root, ids, [tmp_path / "cam"], tmp_path / "irn.pth",
                      tmp_path / "out", {k: v for k, v in WALK.items() if k != "crop"})
     assert load_irn(tmp_path / "irn.pth").training is False
+
+
+def test_train_irn_and_the_edge_map_compute_in_bf16(tmp_path):
+    voc_root, ids = write_fixture(tmp_path, n=4)
+    with layer_dtypes() as seen:
+        history = train_irn(voc_root, ids, tmp_path / "ir", tmp_path / "irn.pth",
+                            tmp_path / "h.json", irn_settings(epochs=1), precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    h, w = 56, 72
+    grid = (math.ceil(h / 4), math.ceil(w / 4))
+    rng = np.random.default_rng(0)
+    for image_id in ids[:2]:
+        save_npz(tmp_path / "cam" / f"{image_id}.npz", keys=np.asarray([1], np.int64),
+                 cam=rng.random((1,) + grid, dtype=np.float32),
+                 high_res=rng.random((1, h, w), dtype=np.float32))
+    masks = {}
+    for setting in ("bf16", "fp32"):
+        with layer_dtypes() as seen:
+            assert make_sem_seg(voc_root, ids[:2], [tmp_path / "cam"], tmp_path / "irn.pth",
+                                tmp_path / setting, WALK, precision=setting) == 2
+        assert seen == {torch.bfloat16 if setting == "bf16" else torch.float32}
+        masks[setting] = load_label_png(tmp_path / setting / f"{ids[0]}.png")
+    # the walk and its threshold in float32 on nearly the same edges: nearly the same mask
+    assert (masks["bf16"] == masks["fp32"]).mean() > 0.95

@@ -18,7 +18,7 @@ from csd.mct import MCTformer, build_mct
 from csd.train_mct import MCT_CLASSIFIER, load_mct, train_mct
 from csd.transforms import train_transform
 from csd.voc import load_labels
-from tests.conftest import make_voc
+from tests.conftest import layer_dtypes, make_voc
 from tests.test_csd import CSD as RESNET_CSD, STRICT as RESNET_STRICT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -28,7 +28,7 @@ TINY = {"embed_dim": 48, "depth": 3, "num_heads": 3, "patch_size": 16, "drop_pat
 TRAIN = {"seed": 4, "model": TINY, "batch_size": 4, "epochs": 2, "lr": 5e-4, "lr_batch": 8,
          "min_lr": 1e-5, "warmup_lr": 1e-6, "warmup_epochs": 1, "weight_decay": 0.05,
          "crop": 32, "scale": [0.5, 1.0], "auto_augment": "rand-m9-mstd0.5-inc1",
-         "re_prob": 0.25, "resize_long": [40, 56], "flip": True, "amp": True, "cam_layers": 2,
+         "re_prob": 0.25, "resize_long": [40, 56], "flip": True, "cam_layers": 2,
          "num_workers": 0}
 # config.yaml's csd with csd_mct laid over it (the author's forms on the class maps as they
 # are), every cell inside a region counting, the head trained too
@@ -168,7 +168,7 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     # features of S; here from an eval-mode pass, to compare with the EMA copy below)
     source = batch["source_image"]
     model.eval()
-    maps = teacher.maps(source, model.features(source))
+    maps = teacher.maps(model.features(source))
     model.train()
     assert maps.shape == (4, 20, 2, 2)
     same = dict(batch, target_label=F.one_hot(batch["source_class"], 20).float())
@@ -187,10 +187,11 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     parts["fg"].add(parts["bg"]).backward()
     assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
     assert model.head.weight.grad.abs().sum() > 0
-    assert model.training and not teacher.maps(source, model.features(source)).requires_grad
+    assert model.training and not teacher.maps(model.features(source)).requires_grad
     # an EMA teacher is a deep copy with its own attention capture
     ema = Teacher(model, "ema", 0.9)
-    torch.testing.assert_close(ema.maps(batch["source_image"]), maps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ema.maps(ema.features(batch["source_image"])), maps,
+                               atol=1e-5, rtol=1e-4)
 
 
 def test_train_mct_one_run_history_model_file_and_determinism(voc, trained, tmp_path):
@@ -291,3 +292,18 @@ def test_train_mct_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypat
     a = torch.load(out / "mct.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "m.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_mct_and_its_cams_compute_in_bf16(voc, trained, tmp_path):
+    root, ids, _ = voc
+    with layer_dtypes() as seen:
+        history = train_mct(root, ids, root / "labels.csv", tmp_path / "mct.pt",
+                            tmp_path / "h.json", dict(TRAIN, epochs=1), precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    with layer_dtypes() as seen:
+        make_cams(root, ids[:1], root / "labels.csv", tmp_path / "mct.pt", tmp_path / "m",
+                  {"scales": [1.0], "flip": True}, precision="bf16",
+                  load=lambda path, device: load_mct(path, device, 2, True))
+    assert seen == {torch.bfloat16}
+    cam = np.load(tmp_path / "m" / f"{ids[0]}.npz")["high_res"]
+    assert cam.dtype == np.float32 and np.isfinite(cam).all()

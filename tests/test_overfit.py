@@ -135,7 +135,7 @@ MCT = {"seed": 0, "model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_
        "batch_size": 4, "epochs": 20, "lr": 3e-3, "lr_batch": 4, "min_lr": 1e-5,
        "warmup_lr": 1e-6, "warmup_epochs": 0, "weight_decay": 0.05, "crop": SIZE,
        "scale": [1.0, 1.0], "auto_augment": None, "re_prob": 0.0, "resize_long": [SIZE, SIZE],
-       "flip": True, "amp": False, "cam_layers": 2, "num_workers": 0}
+       "flip": True, "cam_layers": 2, "num_workers": 0}
 
 
 def test_train_mct_learns_the_labels(voc, tmp_path):

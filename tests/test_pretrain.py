@@ -11,6 +11,7 @@ from csd.io import load_json, save_png
 from csd.pretrain import NUM_TARGETS, pretrain_backbone, render_set
 from csd.toyvoc import CONTEXTS, plan_image
 from csd.voc import CLASSES, IGNORE, palette
+from tests.conftest import layer_dtypes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -127,3 +128,14 @@ def test_cam_cells_names_a_missing_instance_mask(tmp_path):
         cam_cells(tmp_path, ["nope"], {"resize_long": [32, 96], "crop": 40,
                                        "strides": [2, 2, 2, 1]}, tmp_path / "c.json")
     assert not (tmp_path / "c.json").exists()
+
+
+def test_pretraining_computes_in_bf16_and_saves_float32_weights(tmp_path):
+    with layer_dtypes() as seen:
+        history = pretrain_backbone(tmp_path / "b.pth", tmp_path / "m.pt", tmp_path / "h.json",
+                                    dict(SETTINGS, n_images=16, epochs=1), precision="bf16")
+    assert seen == {torch.bfloat16} and history[0]["precision"] == "bf16"
+    state = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float32}
+    assert all(v.is_contiguous() for v in state.values())  # no channels-last leftovers
+    load_resnet(18, str(tmp_path / "b.pth"))

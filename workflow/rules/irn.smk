@@ -23,6 +23,7 @@ rule train_cam:
         regime=lambda w: METHODS[w.method]["regime"],
         classifier=classifier_of,
         settings=classifier_settings,
+        precision=lambda w: precision_of(CLASSIFIERS[classifier_of(w)]["settings"]),
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
@@ -52,6 +53,7 @@ rule make_cam:
         settings=lambda w: for_classifier("make_cam", classifier_of(w)),
         classifier=classifier_of,
         shard=shard_of("make_cam"),
+        precision=precision_of("make_cam"),
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_cam")
     resources:
@@ -140,6 +142,7 @@ rule train_irn:
         threads=threads_setting(),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_irn"),
+        precision=precision_of("train_irn"),
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
@@ -169,6 +172,7 @@ rule make_sem_seg:
         # the edge network's input is padded to the crop it was trained on
         settings={**config["make_sem_seg"], "crop": config["train_irn"]["crop"]},
         shard=shard_of("make_sem_seg"),
+        precision=precision_of("make_sem_seg"),
         lock_dir=config["gpu_lock_dir"],
     threads: shard_threads("make_sem_seg")
     resources:

@@ -13,6 +13,7 @@ rule pretrain_backbone:
         threads=threads_setting("pretrain_backbone"),
         settings=pretrain_settings(),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
+        precision=precision_of("pretrain_backbone"),
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads("pretrain_backbone")
     resources:

@@ -21,6 +21,7 @@ rule train_seg:
         threads=threads_setting(),
         voc_root=voc_root(),
         settings=resnet_stage_settings("train_seg"),
+        precision=precision_of("train_seg"),
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
@@ -49,6 +50,7 @@ rule infer_seg:
         voc_root=voc_root(),
         settings=config["infer_seg"],
         shard=shard_of("infer_seg"),
+        precision=precision_of("infer_seg"),
         lock_dir=config["gpu_lock_dir"],
         allow_empty=lambda w: may_be_empty(w.split),
     wildcard_constraints:

@@ -12,4 +12,5 @@ with job(snakemake), resumable_outputs(snakemake) as (raw, crf):
                 *snakemake.params.shard)
     infer_deeplab(snakemake.params.voc_root, ids, snakemake.input.model, raw, crf,
                   snakemake.params.settings,
-                  device=claim_device(snakemake.params.lock_dir))
+                  device=claim_device(snakemake.params.lock_dir),
+                  precision=snakemake.params.precision)

@@ -19,4 +19,5 @@ with job(snakemake), resumable_outputs(snakemake) as (out,):
         load = load_cam_net
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)
     make_cams(snakemake.params.voc_root, ids, snakemake.input.labels, snakemake.input.model,
-              out, settings, device=claim_device(snakemake.params.lock_dir), load=load)
+              out, settings, device=claim_device(snakemake.params.lock_dir), load=load,
+              precision=snakemake.params.precision)

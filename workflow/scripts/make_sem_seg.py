@@ -11,4 +11,5 @@ with job(snakemake), resumable_outputs(snakemake) as (out,):
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)
     make_sem_seg(snakemake.params.voc_root, ids, [snakemake.input.cams], snakemake.input.model,
                  out, snakemake.params.settings,
-                 device=claim_device(snakemake.params.lock_dir))
+                 device=claim_device(snakemake.params.lock_dir),
+                 precision=snakemake.params.precision)

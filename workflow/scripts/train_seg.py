@@ -10,4 +10,5 @@ with job(snakemake):
     train_deeplab(snakemake.params.voc_root, read_ids(snakemake.input.ids), snakemake.input.masks,
                   snakemake.output.model, snakemake.output.history, snakemake.params.settings,
                   cam_model=optional_input(snakemake.input.cam_model),
-                  device=claim_device(snakemake.params.lock_dir))
+                  device=claim_device(snakemake.params.lock_dir),
+                  precision=snakemake.params.precision)
