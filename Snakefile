@@ -1,6 +1,7 @@
 # CSD / IRN weakly-supervised semantic segmentation, from the VOC download to the results.
 #   snakemake --cores 8 --resources gpu=2                       (PASCAL VOC, config/config.yaml)
 #   snakemake --cores 2 --configfile config/demo.yaml           (built-in synthetic benchmark)
+#   snakemake ... masks       every method and seed up to its pseudo masks, without DeepLab
 from snakemake.utils import min_version
 
 from csd.config import load_config_file, validate_config
@@ -34,3 +35,13 @@ rule all:
     input:
         final_targets(),
     default_target: True
+
+
+localrules:
+    masks,
+
+
+rule masks:
+    input:
+        f"{SPLITS}/stats.json",
+        f"{RESULTS}/masks_table.csv",

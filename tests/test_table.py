@@ -76,3 +76,24 @@ def test_single_seed_has_no_std_and_bad_metrics_name_the_file(runs, tmp_path):
     runs[0]["metrics"]["seed"].write_text("{}")
     with pytest.raises(ValueError, match=str(runs[0]["metrics"]["seed"])):
         write_table(runs, None, out)
+
+
+def test_precision_column_from_the_histories(runs, tmp_path):
+    """Each run's precision comes from its training histories: one value where the stages
+    agree, stage:value pairs where they differ; runs without DeepLab leave its columns
+    empty (the masks table)."""
+    for run, used in zip(runs, (("bf16", "bf16"), ("bf16", "bf16"), ("bf16", "fp32"),
+                                ("bf16", "fp32"))):
+        run["histories"] = {}
+        for stage, value in zip(("train_cam", "train_irn"), used):
+            path = tmp_path / f"{run['method']}{run['seed']}.{stage}.json"
+            path.write_text(json.dumps([{"epoch": 1, "precision": "fp32"},
+                                        {"epoch": 2, "precision": value}]))
+            run["histories"][stage] = path
+    out = outputs(tmp_path)
+    table = write_table(runs, None, out).set_index("method")
+    assert table.loc["irn", "precision"] == "bf16"
+    assert table.loc["irn_csd", "precision"] == "train_cam:bf16 train_irn:fp32"
+    assert table[["val_miou", "val_crf_miou"]].isna().all().all()
+    long = pd.read_csv(out["long"])
+    assert list(long["precision"])[:2] == ["bf16", "bf16"]

@@ -5,7 +5,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import REPO, snakemake
+from tests.conftest import REPO, planned_jobs, snakemake
 
 
 def test_lint_is_clean(tmp_path):
@@ -198,3 +198,16 @@ def test_an_empty_train_list_stops_the_run_in_build_splits(tmp_path):
     splits = work / "data" / "splits"
     assert not splits.exists() or not any(splits.rglob("*.txt"))
     assert not (work / "results").exists()
+
+
+def test_the_masks_target_runs_every_method_and_seed_to_its_masks_without_deeplab(tmp_path):
+    proc = snakemake(tmp_path, "-n", "masks", configs=[REPO / "config/benchmark.yaml"])
+    text = proc.stdout + proc.stderr
+    jobs = planned_jobs(proc)
+    assert not {rule for rule, _ in jobs} & {"train_seg", "infer_seg", "eval_seg", "test_archive"}, jobs
+    for method in ("irn", "irn_csd", "irn_cda"):
+        assert ("make_sem_seg", method) in jobs and ("train_cam", method) in jobs
+        for seed in (0, 1, 2):
+            assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
+    assert "results/benchmark/masks_table.csv" in text
+    assert "results/benchmark/table.csv" not in text

@@ -165,7 +165,8 @@ SPLIT_KEYS = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_ove
 def pretrain_settings():
     """pretrain_backbone's settings; its world is the benchmark's toyvoc world (the same
     context ties) with `pretrain_backbone.world` laid over it (its own generator seed)."""
-    settings = {k: v for k, v in config["pretrain_backbone"].items() if k != "threads"}
+    settings = {k: v for k, v in config["pretrain_backbone"].items()
+                if k not in ("threads", "precision")}
     world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_KEYS}
     settings["world"] = {**world, **settings["world"]}
     return settings
@@ -251,6 +252,14 @@ def threads_setting(stage=None):
     return own if own is not None else config["job_threads"]
 
 
+def precision_of(stage):
+    """A stage's precision setting (csd.precision): its own `precision`, else the global
+    one. A param of the torch rules, so a new setting reruns what it changes; `auto` is
+    resolved by the job on the machine it runs on."""
+    own = config[stage].get("precision")
+    return own if own is not None else config["precision"]
+
+
 def job_threads(stage=None):
     """Torch threads of one training or inference job: threads_setting, at most --cores;
     None gives a job all of them (one heavy job at a time)."""
@@ -264,20 +273,29 @@ def shard_threads(stage):
     return max(1, job_threads() // config[stage]["shards"])
 
 
-# The results table (workflow/rules/results.smk).
+# The results tables (workflow/rules/results.smk): `table` for the whole pipeline,
+# `masks_table` for the runs up to their pseudo masks (the `masks` target, no DeepLab).
+TABLES = {"table": ("seed", "mask", "val", "val_crf"), "masks_table": ("seed", "mask")}
+
+
 def table_runs(w):
-    """One entry per method and seed: its metrics files and classifier benchmark."""
+    """One entry per method and seed: its metrics files, classifier benchmark and the
+    training histories that record each stage's precision."""
+    kinds = TABLES[w.table]
+    stages = [stage for stage in HISTORIES if stage != "train_seg" or "val" in kinds]
     return [
         {
             "method": method,
             "seed": seed,
             "metrics": {
-                kind: f"{RESULTS}/{method}/seed{seed}/{kind}_metrics.json"
-                for kind in ("seed", "mask", "val", "val_crf")
+                kind: f"{RESULTS}/{method}/seed{seed}/{kind}_metrics.json" for kind in kinds
+            },
+            "histories": {
+                stage: f"{RESULTS}/{method}/seed{seed}/{HISTORIES[stage]}" for stage in stages
             },
             "train_tsv": f"{LOGS}/benchmark/{method}/seed{seed}/train_cam.tsv",
             "test_archive": f"{RESULTS}/{method}/seed{seed}/test_archive.tar.gz"
-            if has_test_split()
+            if has_test_split() and "val" in kinds
             else None,
         }
         for method in config["methods"]
@@ -302,6 +320,7 @@ def table_inputs(w):
     return [
         path
         for run in table_runs(w)
-        for path in [*run["metrics"].values(), run["train_tsv"], run["test_archive"]]
+        for path in [*run["metrics"].values(), *run["histories"].values(), run["train_tsv"],
+                     run["test_archive"]]
         if path
     ]

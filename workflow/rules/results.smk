@@ -1,4 +1,6 @@
 # The results table: every configured method and seed, next to the published numbers.
+# `table` covers the whole pipeline; `masks_table` the runs up to their pseudo masks (the
+# `masks` target: a method comparison without DeepLab, whose columns stay empty there).
 
 
 localrules:
@@ -8,19 +10,21 @@ localrules:
 
 rule table:
     output:
-        table=f"{RESULTS}/table.csv",
-        long=f"{RESULTS}/table_long.csv",
-        per_class=f"{RESULTS}/table_per_class.csv",
-        markdown=f"{RESULTS}/table.md",
-        html=report(f"{RESULTS}/table.html", category="Results", labels={"figure": "table"}),
+        table=f"{RESULTS}/{{table}}.csv",
+        long=f"{RESULTS}/{{table}}_long.csv",
+        per_class=f"{RESULTS}/{{table}}_per_class.csv",
+        markdown=f"{RESULTS}/{{table}}.md",
+        html=report(f"{RESULTS}/{{table}}.html", category="Results", labels={"figure": "{table}"}),
     input:
         runs=table_inputs,
+    wildcard_constraints:
+        table="|".join(TABLES),
     params:
         code=code_of("table"),
         runs=table_runs,
         literature=literature,
     log:
-        f"{LOGS}/table.log",
+        f"{LOGS}/{{table}}.log",
     conda:
         ENV
     script:
