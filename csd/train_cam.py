@@ -98,6 +98,13 @@ def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, devic
     ids, device, labels, transform = setup(settings, ids, labels_csv, device)
     dataset = VOCDataset(voc_root, ids, labels=labels, transform=transform)
     model = CAMNet(settings["backbone"]).to(device)
+    return fit_classifier(model, dataset, classification_step(device), settings, model_out,
+                          history_out, device, precision=precision)
+
+
+def classification_step(device):
+    """train_cam's step: the multilabel soft-margin loss of a batch's image labels, on
+    float32 logits."""
     criterion = nn.MultiLabelSoftMarginLoss()
 
     def step(model, batch, epoch):
@@ -105,8 +112,7 @@ def train_cam(voc_root, ids, labels_csv, model_out, history_out, settings, devic
         targets = batch["label"].to(device, non_blocking=True)
         return criterion(model(images).float(), targets), {}
 
-    return fit_classifier(model, dataset, step, settings, model_out, history_out, device,
-                          precision=precision)
+    return step
 
 
 def load_cam_net(model_path, device="cpu"):
