@@ -92,6 +92,7 @@ def stages(config, run, data, voc_root, splits, args_method):
              "train_irn": train_irn, "make_sem_seg": make_sem_seg}
     if (run / "seg_model.pt").exists():
         seg = saved_settings(run / "seg_model.pt")
+        seg.pop("epochs")  # derived from `iterations` by train_deeplab itself
 
         def train_seg(ids, out, precision):
             from csd.train_seg import train_deeplab
