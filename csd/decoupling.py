@@ -38,7 +38,8 @@ from csd.voc import NUM_CLASSES, VOCDataset
 CSD_KEYS = ("target", "temperature", "temperature_units", "teacher", "ema_decay", "losses",
             "cam_units", "fg_temperature", "confidence", "bg_score", "bg_scale", "bg_logit",
             "bg_units", "scale", "reduction", "purity", "purity_bg", "purity_scale",
-            "lambda_fg", "lambda_bg", "warmup_epochs", "pasted_cls", "classifier_grad")
+            "lambda_fg", "lambda_bg", "warmup_epochs", "pasted_cls", "classifier_grad",
+            "range_floor")
 EPS = 1e-5
 MIN_RANGE = 0.1  # smallest CAM range that the strict forms' min-max divides by
 AUTHOR_EPS = 1e-4  # the author's min-max denominator: (a - min) / (max - min + 1e-4)
@@ -264,12 +265,15 @@ def strict_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
 
 # ---- reference forms (the author's) ---------------------------------------------------
 
-def minmax(x, dims):
-    """(x - min) / (max - min + 1e-4) over `dims`: the author's normalisation, over the
-    channels (dims 1) or over the cells (dims (2, 3))."""
+def minmax(x, dims, floor=0.0):
+    """(x - min) / max(max - min + 1e-4, floor) over `dims`: the author's normalisation
+    (floor 0), over the channels (dims 1) or over the cells (dims (2, 3)). Its slope is
+    1 / (range + 1e-4): 10^4 at a cell whose classes all score alike, a gradient that a
+    linear score (ResNet CAMs) passes on to the backbone; `floor` bounds it by 1 / floor
+    and changes nothing where the range is at least `floor`."""
     low = x.amin(dim=dims, keepdim=True)
     high = x.amax(dim=dims, keepdim=True)
-    return (x - low) / (high - low + AUTHOR_EPS)
+    return (x - low) / (high - low + AUTHOR_EPS).clamp_min(floor)
 
 
 def kl_term(log_p, log_q):
@@ -287,8 +291,9 @@ def reference_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     """Per-cell (L_fg, L_bg) and the teacher's gates of the author's forms, on the class
     scores in `cam_units`.
 
-    L_fg: channel min-max of the scores; teacher softmax(cmm * fg_temperature), student
-    log_softmax(cmm); only c_s's term of the KL. Only where the teacher's spatially min-max
+    L_fg: channel min-max of the scores (its range floored at `range_floor`, teacher and
+    student alike); teacher softmax(cmm * fg_temperature), student log_softmax(cmm); only
+    c_s's term of the KL. Only where the teacher's spatially min-max
     normalised map of c_s is above `confidence`.
     L_bg: the scores of all 20 classes plus a constant background score `bg_score`; teacher
     softmax(scores) unscaled, student log_softmax(bg_scale * scores); only the background's
@@ -298,8 +303,9 @@ def reference_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
                                        for m in (teacher_maps, maps_fg, maps_bg))
     source_class = batch["source_class"]
     rows = torch.arange(len(source_class), device=source_class.device)
-    log_p = F.log_softmax(minmax(teacher, 1) * settings["fg_temperature"], dim=1)
-    log_q = F.log_softmax(minmax(student_fg, 1), dim=1)
+    floor = settings["range_floor"]
+    log_p = F.log_softmax(minmax(teacher, 1, floor) * settings["fg_temperature"], dim=1)
+    log_q = F.log_softmax(minmax(student_fg, 1, floor), dim=1)
     loss_fg = kl_term(log_p[rows, source_class], log_q[rows, source_class])
     background = settings["bg_score"]
     log_p = F.log_softmax(with_background(teacher, background), dim=1)
@@ -340,7 +346,7 @@ class Cells(NamedTuple):
 
     loss: torch.Tensor  # [B, h, w]
     valid: torch.Tensor  # [B, h, w] bool
-    weight: torch.Tensor  # [B, h, w], summing to 1 over each image's valid cells
+    weight: torch.Tensor  # [B, h, w]: 0 off the valid cells, summing to at most 1 per image
 
 
 def reduce_cells(cells, reduction):
@@ -352,30 +358,34 @@ def reduce_cells(cells, reduction):
     loss, valid, weight = cells
     if choice(reduction, "reduction", ("image", "pooled")) == "image":
         return (loss * weight).sum() / len(loss)
+    # each image's weights over its valid cells scaled to mean 1
+    total = weight.flatten(1).sum(dim=1).clamp_min(1e-12)[:, None, None]
     counts = valid.flatten(1).sum(dim=1).to(weight.dtype)[:, None, None]
-    return (loss * weight * counts).sum() / valid.sum().clamp_min(1)
+    return (loss * weight / total * counts).sum() / valid.sum().clamp_min(1)
 
 
 def csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings):
     """(fg, bg) Cells from raw class maps: the teacher's of S, the student's of X_fg and X_bg.
 
     L_fg counts on the cells fully inside the pasted object, L_bg on those fully inside the
-    pasted background, each where the form's teacher gate (if any) lets it; with `purity`
-    the cells of each image are weighted by the purity of the pasted image's own CAM."""
+    pasted background, each where the form's teacher gate (if any) lets it. As the
+    author's, the weights are spread over every cell of the region (by the purity of the
+    pasted image's own CAM with `purity`, else uniformly), and the gate then zeroes the
+    cells it shuts: a lone confident cell among n weighs 1/n, not 1."""
     form = LOSS_FORMS[choice(settings["losses"], "losses", LOSS_FORMS)]
     loss_fg, loss_bg, fg_gate, bg_gate = form(teacher_maps, maps_fg, maps_bg, batch, settings)
     size = teacher_maps.shape[2:]
     fg_mask = batch["source_fg"]
-    fg_valid = cells_inside(fg_mask, size) & fg_gate
-    bg_valid = cells_inside((1 - fg_mask) * batch["target_bg"], size)
-    if bg_gate is not None:
-        bg_valid = bg_valid & bg_gate
+    fg_region = cells_inside(fg_mask, size)
+    bg_region = cells_inside((1 - fg_mask) * batch["target_bg"], size)
     cells = []
-    for loss, valid, maps, labels in ((loss_fg, fg_valid, maps_fg, pasted_labels(batch)[0]),
-                                      (loss_bg, bg_valid, maps_bg, batch["target_label"])):
+    for loss, region, gate, maps, labels in (
+            (loss_fg, fg_region, fg_gate, maps_fg, pasted_labels(batch)[0]),
+            (loss_bg, bg_region, bg_gate, maps_bg, batch["target_label"])):
         cell_purity = purity(maps, labels, settings) if settings["purity"] else None
-        cells.append(Cells(loss, valid, image_weights(valid, cell_purity,
-                                                      settings["purity_scale"])))
+        weight = image_weights(region, cell_purity, settings["purity_scale"])
+        valid = region if gate is None else region & gate
+        cells.append(Cells(loss, valid, weight * valid))
     return tuple(cells)
 
 

@@ -125,7 +125,9 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
     follows poly(base_lrs), or `schedule(step, total_steps)` -> one lr per group when
     given; per epoch the mean of the loss and of each part goes to the history with the
     precision and torch threads the epoch ran with, and a checkpoint is saved. A step whose
-    loss or gradient is not finite stops the job (nothing of it is saved). At the end {"model",
+    loss or gradient is not finite stops the job (nothing of it is saved); the gradient's
+    norm (before `clip_grad_norm`, where the settings set one) goes to the history as its
+    epoch mean and maximum, beside the maxima of the step's own `grad_*` parts. At the end {"model",
     "settings", "precision"} goes to model_out and the history to history_out (JSON).
     """
     steps_per_epoch = len(dataset) // settings["batch_size"]
@@ -134,6 +136,7 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
                          f"{settings['batch_size']} (drop_last would leave no batch)")
     total_steps = steps_per_epoch * settings["epochs"]
     ids_sha1 = hashlib.sha1("\n".join(map(str, getattr(dataset, "ids", []))).encode())
+    clip = settings.get("clip_grad_norm")  # declared by the classifiers' settings
     precision = resolve(precision, device)
     scaler = grad_scaler(precision, device)
     model = prepare_model(model, precision)
@@ -147,7 +150,7 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
 
     model.train()
     for epoch in range(start, settings["epochs"]):
-        sums = {}
+        sums, peaks = {}, {}
         bar = tqdm(epoch_loader(dataset, settings, epoch, device), total=steps_per_epoch,
                    file=sys.stderr, dynamic_ncols=True,
                    desc=f"{name} epoch {epoch + 1}/{settings['epochs']}")
@@ -166,17 +169,24 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
                 raise FloatingPointError(f"{where} the loss is not finite ({terms(values)})")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)  # (a no-op without fp16's scaler)
+            values["grad_norm"] = grad_norm(model)
             # fp16's scaler skips a step with inf gradients itself (and lowers its scale)
-            if not scaler.is_enabled() and not np.isfinite(grad_norm(model)):
+            if not scaler.is_enabled() and not np.isfinite(values["grad_norm"]):
                 raise FloatingPointError(f"{where} the gradient is not finite ({terms(values)})")
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             scaler.step(optimizer)
             scaler.update()
             for key, value in values.items():
                 sums[key] = sums.get(key, 0.0) + value
+                if key.startswith("grad_"):  # a blow-up shows in the maxima, not the means
+                    peaks[key] = max(peaks.get(key, value), value)
             bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lrs[0]:.2e}")
         bar.close()
         record = {"epoch": epoch + 1, "lr": lrs[0]}
         record.update({key: total / steps_per_epoch for key, total in sums.items()})
+        record.update({f"{key}_max": peak for key, peak in peaks.items()})
         record.update(precision=precision, threads=torch.get_num_threads())
         history.append(record)
         print(f"{name} epoch {epoch + 1}: " + " ".join(

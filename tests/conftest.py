@@ -46,7 +46,7 @@ def layer_dtypes():
 
 
 # what csd.training.fit records for every epoch besides a step's own parts
-RECORD = {"epoch", "lr", "loss", "precision", "threads"}
+RECORD = {"epoch", "lr", "loss", "grad_norm", "grad_norm_max", "precision", "threads"}
 
 
 PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18

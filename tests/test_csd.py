@@ -40,7 +40,8 @@ CSD = {"target": "all", "temperature": 10.0, "temperature_units": "per_image",
        "fg_temperature": 1.0, "confidence": 0.5, "bg_score": 0.1, "bg_scale": 10.0,
        "bg_logit": 0.15, "bg_units": "logit", "scale": 10.0, "reduction": "image",
        "purity": True, "purity_bg": 0.4, "purity_scale": 1.0, "lambda_fg": 1.0,
-       "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": False, "classifier_grad": True}
+       "lambda_bg": 1.0, "warmup_epochs": 0, "pasted_cls": False, "classifier_grad": True,
+       "range_floor": 0.1}
 # The earlier reconstruction: strict forms, pooled over the batch, no purity, pasted images
 # classified, the temperature in counts
 STRICT = dict(CSD, losses="strict", reduction="pooled", purity=False, pasted_cls=True,
@@ -431,12 +432,15 @@ def test_reference_losses_equal_hand_computed_values(units):
     # L_fg: the teacher's c_s map over the cells, min-max (+1e-4): 2/2.0001, 1/2.0001 (not
     # above 0.5), 0: only cell (0, 0). There, channel min-max: the teacher's class 3 is the
     # only non-zero class (a = 1 - 1e-4 / peak), the student's class 5 (b); only the c_s
-    # term of the KL, p log(p / q), teacher at fg_temperature 1.
+    # term of the KL, p log(p / q), teacher at fg_temperature 1. The author's weights are
+    # spread over all three cells inside the pasted object before the gate shuts two of
+    # them: the lone confident cell weighs 1/3.
     peak_t, peak_s = (2.0, 4.0) if units == "logit" else (1.0, 1.0)
     a, b = peak_t / (peak_t + 1e-4), peak_s / (peak_s + 1e-4)
     p = e(a) / (e(a) + 19)
     q = 1 / (e(b) + 19)
-    assert loss_fg.item() == pytest.approx(p * math.log(p / q), rel=1e-5)
+    expected_fg = p * math.log(p / q) / 3
+    assert loss_fg.item() == pytest.approx(expected_fg, rel=1e-5)
     # L_bg at cells (1, 0) and (1, 1), no gate: [20 classes, 0.1]; the teacher unscaled, the
     # student x 10; only the background term of the KL; the mean of the two cells.
     if units == "logit":
@@ -457,7 +461,7 @@ def test_reference_losses_equal_hand_computed_values(units):
     empty["target_bg"][1] = 0
     two = csd_losses(*(torch.cat([m, m]) for m in (teacher, student_fg, student_bg)),
                      empty, settings)
-    assert [t.item() for t in two] == pytest.approx([loss_fg.item() / 2, expected_bg / 2],
+    assert [t.item() for t in two] == pytest.approx([expected_fg / 2, expected_bg / 2],
                                                     rel=1e-4)
 
 
@@ -845,7 +849,11 @@ def test_train_cam_csd_writes_model_and_loss_parts_and_resumes(voc, tmp_path, mo
     assert [h["epoch"] for h in history] == [1, 2]
     # every part of csd_step per epoch: the terms, their gradient norms on the features, the
     # shares of images with cells to learn from and of draws that co-occur with T
-    assert all(set(h) == PARTS | RECORD for h in history)
+    # (and the per-epoch maxima of the gradient norms beside their means)
+    maxima = {f"{part}_max" for part in PARTS if part.startswith("grad_")}
+    assert all(set(h) == PARTS | RECORD | maxima for h in history)
+    assert all(h[f"{part}_max"] >= h[part] for h in history for part in
+               ("grad_cls", "grad_fg", "grad_bg", "grad_norm"))
     assert all(np.isfinite(h[k]) for h in history for k in PARTS)
     assert all(0 <= h[k] <= 1 for h in history for k in
                ("fg_images", "bg_images", "draw_cooccurs", "draw_in_target"))
@@ -1073,3 +1081,29 @@ def test_csd_and_cda_train_in_bf16_with_csds_losses_in_float32(voc, tmp_path, mo
     assert np.isfinite(history[0]["loss"])
     if method == "csd":
         assert cells and set(cells) == {(torch.float32,) * 5 + (False,)}
+
+
+@pytest.mark.parametrize("range_floor, bounded", [(0.1, True), (0.0, False)])
+def test_a_nearly_silent_confident_cell_gives_a_bounded_gradient(range_floor, bounded):
+    """A confident cell inside the pasted object where the student's only positive class
+    scores 1e-4 of its peak: the author's channel min-max divides by ~2e-4 there (floor 0,
+    the demo's blow-up), CSD's floor by 0.1: the min-max's slope is then at most
+    1 / 0.1, and so is the gradient on the map (L_fg's slope in the normalised score, the
+    cell weight and 1 / batch size are each at most 1; the peak is 1)."""
+    batch, teacher = loss_batch(), teacher_cam()
+    student = torch.zeros(2, 20, 4, 4)
+    student[:, 3, 3, 3] = 1.0  # the peak, outside the object
+    student[:, 3, 0, 0] = 1e-4  # a confident cell of the object: nearly silent
+    student[:, 3, :2, :2] -= torch.tensor([[0.0, 1.0], [1.0, 1.0]])  # the rest ReLU'd to 0
+    student[:, [c for c in range(20) if c != 3]] = -1.0
+    student.requires_grad_(True)
+    settings = dict(CSD, range_floor=range_floor)
+    fg, _ = csd_losses(teacher, student, teacher, batch, settings)
+    fg.backward()
+    grad = student.grad[:, :, 0, 0].abs().max().item()
+    assert (grad <= 1 / 0.1) if bounded else (grad > 1 / 0.1), grad
+    # where the range is at least the floor the floor changes nothing
+    student = teacher.clone().requires_grad_(True)
+    fg_floor, _ = csd_losses(teacher, student, teacher, batch, CSD)
+    fg_author, _ = csd_losses(teacher, student, teacher, batch, dict(CSD, range_floor=0.0))
+    assert fg_floor.item() == pytest.approx(fg_author.item(), rel=1e-6)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import csd.precision as precision
+from csd import training
 from csd.training import fit
 from tests.conftest import layer_dtypes
 
@@ -91,13 +92,19 @@ class Images(torch.utils.data.Dataset):
 SETTINGS = {"seed": 0, "batch_size": 4, "epochs": 2, "poly_power": 0.9, "num_workers": 0}
 
 
-def run_fit(tmp_path, step, precision_setting, epochs=2):
-    torch.manual_seed(0)
-    model = Tiny()
+def run_fit(tmp_path, step, precision_setting, epochs=2, model=None, **settings):
+    if model is None:
+        torch.manual_seed(0)
+        model = Tiny()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    return fit("probe", model, optimizer, Images(), step, [0.1], dict(SETTINGS, epochs=epochs),
-               tmp_path / "model.pt", tmp_path / "history.json", "cpu",
-               precision=precision_setting)
+    return fit("probe", model, optimizer, Images(), step, [0.1],
+               dict(SETTINGS, epochs=epochs, **settings), tmp_path / "model.pt",
+               tmp_path / "history.json", "cpu", precision=precision_setting)
+
+
+def plain_step(model, batch, epoch):
+    x, y = batch
+    return nn.functional.binary_cross_entropy_with_logits(model(x), y), {}
 
 
 @pytest.mark.parametrize("setting, dtype", [("bf16", torch.bfloat16), ("fp32", torch.float32)])
@@ -157,3 +164,34 @@ def test_a_non_finite_step_stops_the_job_and_saves_nothing_of_it(tmp_path, poiso
     state = torch.load(tmp_path / "model.pt.ckpt", weights_only=False)
     assert state["epoch"] == 0 and len(state["history"]) == 1
     assert all(np.isfinite(v.numpy()).all() for v in state["model"].values())
+
+
+def test_the_history_has_the_gradient_norms_mean_and_maximum(tmp_path, monkeypatch):
+    norms = []
+    real = training.grad_norm
+
+    def spy(model):
+        norms.append(real(model))
+        return norms[-1]
+
+    monkeypatch.setattr(training, "grad_norm", spy)
+    history = run_fit(tmp_path, plain_step, "fp32", epochs=1)
+    assert len(norms) == 2 and norms[0] != norms[1]
+    assert history[0]["grad_norm"] == pytest.approx(sum(norms) / 2)
+    assert history[0]["grad_norm_max"] == max(norms)
+
+
+def test_clip_grad_norm_bounds_each_step(tmp_path):
+    """SGD without momentum moves the weights by lr x gradient: clipped to 1e-3, two steps
+    at lr <= 0.1 move them by at most 2e-4; unclipped, by far more."""
+    moved = {}
+    for clip in (None, 1e-3):
+        torch.manual_seed(0)
+        model = Tiny()
+        start = torch.cat([p.detach().clone().flatten() for p in model.parameters()])
+        run_fit(tmp_path / str(clip), plain_step, "fp32", epochs=1, model=model,
+                clip_grad_norm=clip)
+        end = torch.cat([p.detach().flatten() for p in model.parameters()])
+        moved[clip] = torch.linalg.vector_norm(end - start).item()
+    assert moved[1e-3] <= 2 * 0.1 * 1e-3 * (1 + 1e-5)
+    assert moved[None] > 10 * moved[1e-3]
