@@ -19,7 +19,7 @@ from csd.crf import crf_inference
 from csd.deeplab import load_deeplab, predict_logits
 from csd.io import pending, save_png
 from csd.make_cam import rescale
-from csd.precision import autocast, prepare_model, resolve
+from csd.precision import autocast, inference_model
 from csd.training import require
 from csd.voc import VOCDataset, load_image, palette
 
@@ -71,10 +71,8 @@ def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, dev
     if not todo:
         return 0
     device = torch.device(device)
-    precision = resolve(precision, device)
-    print(f"infer_seg: precision {precision}, {torch.get_num_threads()} threads",
-          file=sys.stderr)
-    model = prepare_model(load_deeplab(model_path, device), precision)
+    model, precision = inference_model("infer_seg", load_deeplab(model_path, device), precision,
+                                       device)
     images = VOCDataset(voc_root, todo)
     for image_id in tqdm(todo, desc="infer_seg", unit="img", file=sys.stderr,
                          dynamic_ncols=True):

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from csd.io import pending, save_npz
-from csd.precision import autocast, prepare_model, resolve
+from csd.precision import autocast, inference_model
 from csd.train_cam import load_cam_net, load_labels_for
 from csd.training import require
 from csd.transforms import eval_transform
@@ -89,9 +89,8 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
         return 0
     labels = load_labels_for(labels_csv, todo)
     dataset = VOCDataset(voc_root, todo, labels=labels)
-    precision = resolve(precision, device)
-    print(f"make_cam: precision {precision}, {torch.get_num_threads()} threads", file=sys.stderr)
-    model = prepare_model(load(model_path, device), precision)
+    model, precision = inference_model("make_cam", load(model_path, device), precision,
+                                       device)
     for index in tqdm(range(len(dataset)), file=sys.stderr, dynamic_ncols=True,
                       desc="make_cam"):
         sample = dataset[index]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from csd.backbone import normalize
 from csd.io import pending, save_png
 from csd.irn import load_irn
-from csd.precision import autocast, prepare_model, resolve
+from csd.precision import autocast, inference_model
 from csd.random_walk import propagate, sem_seg_from_rw
 from csd.store import load_cam_pack
 from csd.training import require
@@ -77,10 +77,8 @@ def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="
     if not todo:
         return 0
     device = torch.device(device)
-    precision = resolve(precision, device)
-    print(f"make_sem_seg: precision {precision}, {torch.get_num_threads()} threads",
-          file=sys.stderr)
-    model = prepare_model(load_irn(irn_model, device), precision)
+    model, precision = inference_model("make_sem_seg", load_irn(irn_model, device), precision,
+                                       device)
     for image_id in tqdm(todo, desc="make_sem_seg", unit="img", file=sys.stderr,
                          dynamic_ncols=True):
         image = load_image(Path(voc_root) / "JPEGImages" / f"{image_id}.jpg")

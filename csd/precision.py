@@ -15,6 +15,7 @@ random walk, the CRF and the metrics all run on float32 tensors.
 """
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import torch
@@ -94,6 +95,15 @@ def prepare_model(model, precision):
     if precision != "fp32":
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def inference_model(stage, model, precision, device):
+    """(model ready for `precision` resolved on `device`, that precision) for an inference
+    stage, the choice logged with the stage's torch threads."""
+    precision = resolve(precision, device)
+    print(f"{stage}: precision {precision}, {torch.get_num_threads()} threads",
+          file=sys.stderr)
+    return prepare_model(model, precision), precision
 
 
 def float32(x):
