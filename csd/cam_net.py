@@ -52,6 +52,11 @@ class CAMNet(nn.Module):
         maps = F.conv2d(features, weight)
         return F.relu(maps) if relu else maps
 
+    def decoupling_maps(self, features, classifier_grad=False):
+        """CSD's class maps (csd.decoupling): the raw maps, the classifier trained by them
+        only with `classifier_grad`."""
+        return self.cam_from_features(features, relu=False, classifier_grad=classifier_grad)
+
     def forward(self, x):
         return self.logits_from_features(self.features(x))
 

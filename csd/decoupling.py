@@ -470,7 +470,7 @@ class Teacher:
     @torch.no_grad()
     def maps(self, features):
         """Raw (pre-ReLU) class maps from the teacher's features."""
-        return self.network().cam_from_features(features, relu=False)
+        return self.network().decoupling_maps(features)
 
     def extras(self):
         return {"ema_teacher": self.ema} if self.ema is not None else {}
@@ -509,8 +509,8 @@ def csd_step(model, teacher, batch, epoch, settings, criterion, device):
     # means nothing at bfloat16's 8-bit mantissa.
     with full_precision(device):
         teacher_maps = teacher.maps(float32(teacher_features))
-        maps = model.cam_from_features(float32(features[n:3 * n]), relu=False,
-                                       classifier_grad=settings["classifier_grad"])
+        maps = model.decoupling_maps(float32(features[n:3 * n]),
+                                     classifier_grad=settings["classifier_grad"])
         fg, bg = csd_cells(teacher_maps, maps[:n], maps[n:], batch, settings)
     terms = {"cls": loss_cls, "fg": reduce_cells(fg, settings["reduction"]),
              "bg": reduce_cells(bg, settings["reduction"])}
@@ -525,7 +525,7 @@ def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
     """train_cam with CSD (settings = the classifier's plus a `csd` section); writes the same
     files as the classifier's own training, the history with csd_step's parts per epoch.
     `classifier` (csd.train_cam.Classifier): the ResNet CAMNet, or csd.train_mct's
-    MCTformer; the model gives features / logits_from_features / cam_from_features /
+    MCTformer; the model gives features / logits_from_features / decoupling_maps /
     classification_loss."""
     ids, device, labels, transform = classifier.setup(settings, ids, labels_csv, device, "csd")
     csd = settings["csd"]

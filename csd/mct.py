@@ -13,9 +13,11 @@ head, and its class maps.
 - Class maps: class-to-patch attention summed over the last `cam_layers` blocks times the
   patch CAM (raw = before its ReLU; the attention is >= 0, so the ReLU'd map is the fused
   CAM). `cam()` refines them with the patch-to-patch attention summed over all blocks.
+- CSD's class maps (`decoupling_maps`) are the author's (PSD_WSSS engine.py): the refined
+  maps with the patch CAM detached, so CSD's losses train the attention only.
 
 The model exposes what CSD (csd.decoupling) calls on CAMNet: `features`,
-`logits_from_features`, `cam_from_features`, `classification_loss`, `cam`.
+`logits_from_features`, `cam_from_features`, `decoupling_maps`, `classification_loss`, `cam`.
 """
 
 from dataclasses import dataclass
@@ -141,14 +143,23 @@ class MCTformer(VisionTransformer):
         maps = self.class_attention(tokens) * F.conv2d(tokens.patches, weight, bias, padding=1)
         return F.relu(maps) if relu else maps
 
+    def refined(self, tokens, maps):
+        """Class maps [B, 20, h, w] propagated by the patch affinity."""
+        refined = torch.einsum("bnm,bcm->bcn", self.patch_affinity(tokens), maps.flatten(2))
+        return refined.reshape(maps.shape)
+
+    def decoupling_maps(self, tokens, classifier_grad=False):
+        """CSD's class maps, the author's: the fused CAM with the patch CAM detached, refined
+        by the patch affinity (whatever `refine` says), so a loss on them reaches the
+        attention only; `classifier_grad` has no effect (nothing of the conv head is left)."""
+        patch_cam = F.relu(F.conv2d(tokens.patches, self.head.weight, self.head.bias, padding=1))
+        return self.refined(tokens, self.class_attention(tokens) * patch_cam.detach())
+
     def cam(self, x):
         """The seeds' CAM [B, 20, h, w]: fused CAM, refined by the patch affinity if `refine`."""
         tokens = self.features(x)
         maps = self.cam_from_features(tokens)
-        if not self.refine:
-            return maps
-        refined = torch.einsum("bnm,bcm->bcn", self.patch_affinity(tokens), maps.flatten(2))
-        return refined.reshape(maps.shape)
+        return self.refined(tokens, maps) if self.refine else maps
 
 
 def deit_to_mct(state, model):

@@ -102,6 +102,24 @@ def test_class_maps_are_class_attention_times_patch_cam_and_refined_by_affinity(
         torch.testing.assert_close(model.cam(x), F.relu(raw))
 
 
+def test_csd_maps_are_the_refined_cam_whose_loss_reaches_the_attention_only():
+    # the author's (PSD_WSSS): CSD's maps are the affinity-refined fused CAM with the patch
+    # CAM detached, whatever `refine` says for the seeds
+    model = tiny_model(cam_layers=2)
+    model.refine = False
+    tokens = model.features(torch.randn(2, 3, 32, 48))
+    maps = model.decoupling_maps(tokens, classifier_grad=True)
+    with torch.no_grad():
+        fused = model.cam_from_features(tokens)
+        affinity = tokens.attention.sum(0)[:, 20:, 20:]
+        torch.testing.assert_close(maps, model.refined(tokens, fused))
+        torch.testing.assert_close(
+            maps[1], (affinity[1] @ fused[1].flatten(1).T).T.reshape(20, 2, 3))
+    maps.pow(2).sum().backward()
+    assert model.head.weight.grad is None and model.head.bias.grad is None
+    assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
+
+
 def test_patch_position_embedding_is_resampled_for_other_sizes():
     model = tiny_model(img_size=32).eval()  # 2x2 grid of position embeddings
     with torch.no_grad():
@@ -177,8 +195,8 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     # the author's: L_fg too (L_bg scales the student's scores only, so it is not 0)
     fg, _ = csd_losses(maps, maps.clone(), maps.clone(), same, CSD)
     assert fg.item() == pytest.approx(0, abs=1e-6)
-    # one CSD step: the decoupling losses reach the blocks, the head and the class tokens,
-    # and their gradient norms on the tokens and attention maps are logged (no pasted object
+    # one CSD step: the decoupling losses reach the blocks' attention and not the patch CAM's
+    # head (detached, the author's), and their gradient norms on the tokens and attention maps are logged (no pasted object
     # of these tiny squares covers a whole 16 x 16 cell: L_fg has no cell here)
     loss, parts = csd_step(model, teacher, batch, 0, CSD, model.classification_loss, "cpu")
     assert {"cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg"} <= set(parts)
@@ -186,7 +204,7 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     assert parts["grad_fg"] == 0 and parts["grad_bg"] > 0 and parts["grad_cls"] > 0
     parts["fg"].add(parts["bg"]).backward()
     assert model.blocks[-1].attn.qkv.weight.grad.abs().sum() > 0
-    assert model.head.weight.grad.abs().sum() > 0
+    assert model.head.weight.grad is None
     assert model.training and not teacher.maps(model.features(source)).requires_grad
     # an EMA teacher is a deep copy with its own attention capture
     ema = Teacher(model, "ema", 0.9)
