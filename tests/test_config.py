@@ -110,7 +110,7 @@ def test_check_command_names_the_broken_file(tmp_path):
 
 
 @pytest.mark.xfail(strict=True, reason="Snakemake reads --configfile files in its command line "
-                   "parser, before the workflow runs; see README, Reliability")
+                   "parser, before the workflow runs; see docs/reliability.md")
 def test_snakemake_names_a_missing_or_broken_configfile_in_one_line(tmp_path):
     (tmp_path / "bad.yaml").write_text("seeds: [0\n")
     for name in ("missing.yaml", "bad.yaml"):
