@@ -140,8 +140,12 @@ class MCTformer(VisionTransformer):
         weight, bias = self.head.weight, self.head.bias
         if not classifier_grad:
             weight, bias = weight.detach(), bias.detach()
-        maps = self.class_attention(tokens) * F.conv2d(tokens.patches, weight, bias, padding=1)
+        maps = self.class_attention(tokens) * self.patch_cam(tokens, weight, bias)
         return F.relu(maps) if relu else maps
+
+    def patch_cam(self, tokens, weight, bias):
+        """The conv head on the patch tokens [B, 20, h, w] (MCTformer-V2's patch CAM)."""
+        return F.conv2d(tokens.patches, weight, bias, padding=1)
 
     def refined(self, tokens, maps):
         """Class maps [B, 20, h, w] propagated by the patch affinity."""
@@ -152,8 +156,8 @@ class MCTformer(VisionTransformer):
         """CSD's class maps, the author's: the fused CAM with the patch CAM detached, refined
         by the patch affinity (whatever `refine` says), so a loss on them reaches the
         attention only; `classifier_grad` has no effect (nothing of the conv head is left)."""
-        patch_cam = F.relu(F.conv2d(tokens.patches, self.head.weight, self.head.bias, padding=1))
-        return self.refined(tokens, self.class_attention(tokens) * patch_cam.detach())
+        patch_cam = F.relu(self.patch_cam(tokens, self.head.weight, self.head.bias)).detach()
+        return self.refined(tokens, self.class_attention(tokens) * patch_cam)
 
     def cam(self, x):
         """The seeds' CAM [B, 20, h, w]: fused CAM, refined by the patch affinity if `refine`."""

@@ -195,9 +195,10 @@ def test_csd_losses_with_the_transformer_classifier(voc):
     # the author's: L_fg too (L_bg scales the student's scores only, so it is not 0)
     fg, _ = csd_losses(maps, maps.clone(), maps.clone(), same, CSD)
     assert fg.item() == pytest.approx(0, abs=1e-6)
-    # one CSD step: the decoupling losses reach the blocks' attention and not the patch CAM's
-    # head (detached, the author's), and their gradient norms on the tokens and attention maps are logged (no pasted object
-    # of these tiny squares covers a whole 16 x 16 cell: L_fg has no cell here)
+    # one CSD step: the decoupling losses reach the blocks' attention and not the patch
+    # CAM's head (detached, the author's), and their gradient norms on the tokens and
+    # attention maps are logged (no pasted object of these tiny squares covers a whole
+    # 16 x 16 cell: L_fg has no cell here)
     loss, parts = csd_step(model, teacher, batch, 0, CSD, model.classification_loss, "cpu")
     assert {"cls", "fg", "bg", "grad_cls", "grad_fg", "grad_bg"} <= set(parts)
     assert torch.isfinite(loss) and parts["fg_images"] == 0 and parts["bg"].item() != 0
