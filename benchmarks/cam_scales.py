@@ -11,21 +11,17 @@ scales' maps. Method settings are chosen here on train, never on val.
 """
 
 import itertools
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from stage_ladder import open_run, run_parser, splits_dir  # noqa: E402
+from stage_ladder import open_run, run_parser, splits_dir
 
-from csd.make_cam import multiscale_cam, normalize_max  # noqa: E402
-from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels  # noqa: E402
-from csd.train_cam import load_cam_net, load_labels_for  # noqa: E402
-from csd.voc import load_image, load_label_png  # noqa: E402
+from csd.make_cam import multiscale_cam, normalize_max
+from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels
+from csd.train_cam import load_cam_net, load_labels_for
+from csd.voc import load_image, load_label_png
 
 
 def main():

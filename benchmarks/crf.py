@@ -8,7 +8,6 @@ are written to a temporary directory; make_ir_labels runs on them serially and w
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -16,10 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from csd.io import save_npz  # noqa: E402
-from csd.ir_label import make_ir_labels  # noqa: E402
+from csd.io import save_npz
+from csd.ir_label import make_ir_labels
 
 # IRN's published values (method.md); the config holds the real ones.
 CRF = {"gt_prob": 0.7, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,

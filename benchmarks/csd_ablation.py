@@ -18,13 +18,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from csd.config import check_config_files  # noqa: E402
-from csd.decoupling import train_cam_csd  # noqa: E402
-from csd.make_cam import make_cams  # noqa: E402
-from csd.metrics import eval_seeds  # noqa: E402
-from csd.voc import read_ids  # noqa: E402
+from csd.config import check_config_files
+from csd.decoupling import train_cam_csd
+from csd.make_cam import make_cams
+from csd.metrics import eval_seeds
+from csd.voc import read_ids
 
 
 def main():

@@ -28,7 +28,7 @@ declare -A TESTS=(
     [copy_paste]='"tests/test_csd.py", "-k", "instance or paste_batch or cda"'
     [make_cam]='"tests/test_cam.py", "-k", "make_cams or multiscale or rescale"'
     [train_seg]='"tests/test_deeplab.py", "tests/test_overfit.py", "-k",
-                 "train_deeplab or init_from_cam or train_seg or epochs_for"'
+                 "train_deeplab or train_seg or epochs_for"'
     [training]='"tests/test_cam.py", "-k", "train_cam or epoch_loader"'
 )
 MODULES=("$@")

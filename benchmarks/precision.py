@@ -15,7 +15,6 @@ whole run at each precision (docs/results.md gives the commands).
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,11 +22,10 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from csd.config import check_config_files, voc_root as csd_voc_root  # noqa: E402
-from csd.precision import cpu_flags, resolve  # noqa: E402
-from csd.voc import read_ids  # noqa: E402
+from csd.config import check_config_files, voc_root as csd_voc_root
+from csd.precision import cpu_flags, resolve
+from csd.voc import read_ids
 
 
 def saved_settings(path):

@@ -27,8 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from csd.random_walk import (  # noqa: E402
+from csd.random_walk import (
     affinity_matrix, propagate, propagate_dense, sem_seg_from_rw)
 
 KEYS = [2, 7, 14]  # bird, car, person -> labels 3, 8, 15

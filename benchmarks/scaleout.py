@@ -18,11 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from tests.conftest import TINY, snakemake, write_config  # noqa: E402
-from tests.slurm_cluster import (SlurmCluster, install, snakemake_on_slurm,  # noqa: E402
+from tests.conftest import TINY, snakemake, write_config
+from tests.slurm_cluster import (SlurmCluster, install, snakemake_on_slurm,
                                  submitted_jobs)
 
 METRICS = ("seed", "mask", "val", "val_crf")

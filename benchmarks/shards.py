@@ -20,19 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from crf import make_data  # noqa: E402
-from csd.cam_net import CAMNet  # noqa: E402
-from csd.io import save_torch  # noqa: E402
-from csd.irn import EdgeNet  # noqa: E402
-from csd.voc import write_labels_csv  # noqa: E402
+from crf import make_data
+from csd.cam_net import CAMNet
+from csd.io import save_torch
+from csd.irn import EdgeNet
+from csd.voc import write_labels_csv
 
 # One shard: run a stage on shard `index` of `count` with `threads` torch threads.
 CHILD = """
 import json, sys, torch
-sys.path.insert(0, {repo!r})
 from csd.runner import shard
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])

@@ -20,7 +20,6 @@ and their area against the true one (the seeds at eval_cam.bg_threshold, from hi
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,13 @@ import torch
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from csd.config import check_config_files, voc_root as csd_voc_root  # noqa: E402
-from csd.io import load_json  # noqa: E402
-from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels  # noqa: E402
-from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
-from csd.store import load_cam_pack  # noqa: E402
-from csd.voc import IGNORE, load_label_png, read_ids  # noqa: E402
+from csd.config import check_config_files, voc_root as csd_voc_root
+from csd.io import load_json
+from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels
+from csd.random_walk import propagate, sem_seg_from_rw
+from csd.store import load_cam_pack
+from csd.voc import IGNORE, load_label_png, read_ids
 
 
 def oracle_edge(gt):

@@ -11,19 +11,16 @@ per second and the ratio.
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from csd.cam_net import CAMNet  # noqa: E402
-from csd.precision import resolve  # noqa: E402
-from csd.train_cam import classification_step, fit_classifier  # noqa: E402
+from csd.cam_net import CAMNet
+from csd.precision import resolve
+from csd.train_cam import classification_step, fit_classifier
 
 
 class RandomImages(torch.utils.data.Dataset):

@@ -18,7 +18,6 @@ a checksum would find those).
 """
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +25,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import csd.splits  # noqa: E402
-from csd.imagecheck import check_jpegs  # noqa: E402
-from csd.splits import build_splits  # noqa: E402
-from csd.toyvoc import generate  # noqa: E402
+import csd.splits
+from csd.imagecheck import check_jpegs
+from csd.splits import build_splits
+from csd.toyvoc import generate
 
 REPO = Path(__file__).resolve().parents[1]
 

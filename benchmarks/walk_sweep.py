@@ -11,23 +11,19 @@ ground-truth edge map. The row of the run's own settings reproduces its mask_met
 Method settings are chosen here on train, never on val.
 """
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from stage_ladder import open_run, oracle_edge, run_parser  # noqa: E402
+from stage_ladder import open_run, oracle_edge, run_parser
 
-from csd.irn import load_irn  # noqa: E402
-from csd.make_sem_seg import edge_map  # noqa: E402
-from csd.metrics import N_LABELS, confusion_matrix, scores  # noqa: E402
-from csd.random_walk import propagate, sem_seg_from_rw  # noqa: E402
-from csd.store import load_cam_pack  # noqa: E402
-from csd.voc import load_image, load_label_png  # noqa: E402
+from csd.irn import load_irn
+from csd.make_sem_seg import edge_map
+from csd.metrics import N_LABELS, confusion_matrix, scores
+from csd.random_walk import propagate, sem_seg_from_rw
+from csd.store import load_cam_pack
+from csd.voc import load_image, load_label_png
 
 
 def main():

@@ -55,43 +55,6 @@ def load_weights(net, state, name, source):
         raise ValueError(f"{source}: weights do not fit {name} (missing {bad[:5]}...)")
 
 
-# A Backbone's module names -> torchvision's ResNet names.
-TORCHVISION_NAMES = {"stage1.0.": "conv1.", "stage1.1.": "bn1.", "stage1.4.": "layer1.",
-                     "stage2.": "layer2.", "stage3.": "layer3.", "stage4.": "layer4."}
-
-
-def initial_weights(settings, cam_model, stage):
-    """What a stage's ResNet starts from: settings' backbone `pretrained`, or with
-    settings["init_from_cam"] the trained classifier's backbone (the synthetic benchmark's
-    stand-in for ImageNet weights, which cannot be fetched there)."""
-    if not settings["init_from_cam"]:
-        return settings["backbone"]["pretrained"]
-    if cam_model is None:
-        raise ValueError(f"{stage}: settings['init_from_cam'] is true but no cam_model "
-                         "file was given")
-    return classifier_backbone(cam_model, settings["backbone"]["depth"], stage)
-
-
-def classifier_backbone(cam_model, depth, stage):
-    """The ResNet weights (torchvision naming) of a trained classifier file (train_cam's
-    {"model": state_dict, "settings"}), checked against the `depth` the stage builds."""
-    saved = torch.load(cam_model, map_location="cpu", weights_only=True)
-    if not isinstance(saved, dict) or "model" not in saved:
-        raise ValueError(f"{cam_model}: not a classifier file ({{'model': state_dict, ...}})")
-    cam_depth = saved.get("settings", {}).get("backbone", {}).get("depth")
-    if cam_depth != depth:
-        raise ValueError(f"{cam_model}: classifier backbone depth {cam_depth} does not fit "
-                         f"{stage} backbone depth {depth}")
-    state = {}
-    for key, value in saved["model"].items():
-        for ours, theirs in TORCHVISION_NAMES.items():
-            if key.startswith("backbone." + ours):
-                state[theirs + key[len("backbone." + ours):]] = value
-    if not state:
-        raise ValueError(f"{cam_model}: no ResNet 'backbone.' weights in its state_dict")
-    return state
-
-
 def set_stride_one(layer, dilation=1):
     block = layer[0]
     for conv in (getattr(block, "conv1", None), getattr(block, "conv2", None)):

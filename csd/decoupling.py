@@ -13,10 +13,8 @@ image (or, as an ablation, only the multi-label ones). Per sample:
 The teacher is the same network in eval mode without gradient (or, as an ablation, an EMA
 copy). Inference is unchanged: the trained model is an ordinary CAMNet.
 
-Two forms of L_fg and L_bg (`losses`): "reference", the author's (zaiquanyang/PSD_WSSS,
-engine.py train_one_epoch), and "strict", this project's first reconstruction (each choice
-made them stronger: two-sided Bernoulli KLs at scale 10 with confidence gates). Both share
-the pasting, the cell selection, the purity weights and the reduction.
+L_fg and L_bg follow the author's code (zaiquanyang/PSD_WSSS, engine.py train_one_epoch);
+each departure from it is a setting of the `csd` section (docs/methods/csd.md).
 """
 
 import math
@@ -35,13 +33,12 @@ from csd.train_cam import CAM_CLASSIFIER
 from csd.training import require
 from csd.voc import NUM_CLASSES, VOCDataset
 
-CSD_KEYS = ("target", "temperature", "temperature_units", "teacher", "ema_decay", "losses",
-            "cam_units", "fg_temperature", "confidence", "bg_score", "bg_scale", "bg_logit",
-            "bg_units", "scale", "reduction", "purity", "purity_bg", "purity_scale",
+CSD_KEYS = ("target", "temperature", "temperature_units", "teacher", "ema_decay",
+            "cam_units", "fg_temperature", "confidence", "bg_score", "bg_scale", "reduction", "purity", "purity_bg", "purity_scale",
             "lambda_fg", "lambda_bg", "warmup_epochs", "pasted_cls", "classifier_grad",
             "range_floor")
 EPS = 1e-5
-MIN_RANGE = 0.1  # smallest CAM range that the strict forms' min-max divides by
+MIN_RANGE = 0.1  # smallest peak that cam_scores divides by
 AUTHOR_EPS = 1e-4  # the author's min-max denominator: (a - min) / (max - min + 1e-4)
 VOC_TRAIN_AUG = 10582  # the images the author's co-occurrence counts (and temperature) come from
 
@@ -181,89 +178,19 @@ def cells_inside(mask, size):
     return (1 - F.adaptive_max_pool2d(1 - mask[:, None], size))[:, 0] > 0.5
 
 
-# ---- strict forms (this project's first reconstruction) -------------------------------
-
-def channel_probs(maps, scale):
-    """Per-cell class distribution [B, 20, h, w] of raw (pre-ReLU) class maps: min-max over
-    the 20 channels at each cell, then softmax(scale * .) over channels. Only the classes'
-    order at a cell matters, so pushing the pasted class up there cannot work through the
-    map's peak elsewhere; raw maps keep a gradient where the ReLU'd CAM is 0."""
-    low = maps.amin(dim=1, keepdim=True)
-    high = maps.amax(dim=1, keepdim=True)
-    # A cell where all classes are equal would divide by ~0 and blow up the gradient.
-    norm = (maps - low) / (high - low).clamp_min(MIN_RANGE)
-    return torch.softmax(norm * scale, dim=1)
-
-
-def seed_scores(maps, hold_peak=False):
-    """Seed-style scores of raw class maps: ReLU, divided by each map's spatial max (as
-    make_cam's seeds). Without a gradient (the teacher's confidence) as is; as a training
-    target with `hold_peak`, the max held constant, since a gradient through 1/max lets a
-    loss shrink or sharpen whole maps instead of the scores at the pasted cells."""
-    cam = F.relu(maps)
-    peak = cam.amax(dim=(2, 3), keepdim=True)
-    return cam / (peak.detach() if hold_peak else peak).clamp_min(MIN_RANGE)
-
+# ---- the author's loss forms -----------------------------------------------------------
 
 def cam_scores(maps, units):
     """Non-negative class scores of raw class maps in `units`: "logit", the ReLU'd maps as
     they are (ResNet: the classifier's logits; MCTformer: class attention x patch CAM, the
-    author's); "peak", each ReLU'd map over its own spatial peak held constant (in [0, 1],
-    the seeds' scale)."""
-    if units == "peak":
-        return seed_scores(maps, hold_peak=True)
-    if units == "logit":
-        return F.relu(maps)
-    raise ValueError(f"settings 'csd.bg_units' / 'csd.cam_units' must be logit or peak, "
-                     f"got {units!r}")
+    author's); "peak", each ReLU'd map over its own spatial peak (in [0, 1], the seeds'
+    scale), the peak held constant: a gradient through 1/peak would let a loss shrink or
+    sharpen whole maps instead of the scores at the pasted cells."""
+    cam = F.relu(maps)
+    if choice(units, "cam_units", ("logit", "peak")) == "peak":
+        return cam / cam.amax(dim=(2, 3), keepdim=True).detach().clamp_min(MIN_RANGE)
+    return cam
 
-
-def label_probs(scores, labels, bg_logit, scale):
-    """Per-cell distribution [B, 21, h, w] (0 = background): softmax(scale * [bg_logit,
-    scores]) over the background and the classes in `labels` [B, 20] (others get 0)."""
-    logits = torch.cat([torch.full_like(scores[:, :1], bg_logit), scores], dim=1) * scale
-    keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1) > 0
-    logits = logits.masked_fill(~keep[:, :, None, None], float("-inf"))
-    return torch.softmax(logits, dim=1)
-
-
-def background_probs(maps, labels, bg_logit, scale, units="logit"):
-    """Per-cell background probability [B, h, w] from the ReLU'd class maps: a cell is
-    background when no labelled class scores above `bg_logit` (in `units`)."""
-    return label_probs(cam_scores(maps, units), labels, bg_logit, scale)[:, 0]
-
-
-def bernoulli_kl(p, q):
-    """KL(Bernoulli(p) || Bernoulli(q)), elementwise; p is the teacher's probability."""
-    p = p.clamp(EPS, 1 - EPS)
-    q = q.clamp(EPS, 1 - EPS)
-    return p * (p.log() - q.log()) + (1 - p) * ((1 - p).log() - (1 - q).log())
-
-
-def strict_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
-    """Per-cell (L_fg, L_bg) and the teacher's gates of the strict forms.
-
-    L_fg: X_fg must give c_s the share of the cell (channel min-max of the raw maps,
-    softmax at `scale`) it has in S, a two-sided Bernoulli KL; only where S's seed for c_s
-    is above `confidence`. L_bg: over {background, labelled classes} (softmax(scale *
-    [bg_logit, scores]) in `bg_units`), X_bg must be background for T's classes as S is for
-    c_s, a two-sided Bernoulli KL; only where S's background probability is above
-    `confidence`."""
-    source_class = batch["source_class"]
-    rows = torch.arange(len(source_class), device=source_class.device)
-    scale, confidence = settings["scale"], settings["confidence"]
-    teacher_c = channel_probs(teacher_maps, scale)[rows, source_class]
-    student_c = channel_probs(maps_fg, scale)[rows, source_class]
-    bg_logit, units = settings["bg_logit"], settings["bg_units"]
-    source_labels = F.one_hot(source_class, NUM_CLASSES).float()
-    teacher_bg = background_probs(teacher_maps, source_labels, bg_logit, scale, units)
-    student_bg = background_probs(maps_bg, batch["target_label"], bg_logit, scale, units)
-    fg_gate = seed_scores(teacher_maps)[rows, source_class] > confidence
-    return (bernoulli_kl(teacher_c, student_c), bernoulli_kl(teacher_bg, student_bg),
-            fg_gate, teacher_bg > confidence)
-
-
-# ---- reference forms (the author's) ---------------------------------------------------
 
 def minmax(x, dims, floor=0.0):
     """(x - min) / max(max - min + 1e-4, floor) over `dims`: the author's normalisation
@@ -287,8 +214,8 @@ def with_background(scores, background):
     return torch.cat([scores, torch.full_like(scores[:, :1], background)], dim=1)
 
 
-def reference_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
-    """Per-cell (L_fg, L_bg) and the teacher's gates of the author's forms, on the class
+def cell_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
+    """Per-cell (L_fg, L_bg) and the teacher's gate of L_fg, the author's forms, on the class
     scores in `cam_units`.
 
     L_fg: channel min-max of the scores (its range floored at `range_floor`, teacher and
@@ -312,10 +239,7 @@ def reference_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     log_q = F.log_softmax(with_background(student_bg, background) * settings["bg_scale"], dim=1)
     loss_bg = kl_term(log_p[:, -1], log_q[:, -1])
     fg_gate = minmax(teacher, (2, 3))[rows, source_class] > settings["confidence"]
-    return loss_fg, loss_bg, fg_gate, None
-
-
-LOSS_FORMS = {"reference": reference_losses, "strict": strict_losses}
+    return loss_fg, loss_bg, fg_gate
 
 
 # ---- shared: cells, purity, reduction -------------------------------------------------
@@ -368,12 +292,11 @@ def csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings):
     """(fg, bg) Cells from raw class maps: the teacher's of S, the student's of X_fg and X_bg.
 
     L_fg counts on the cells fully inside the pasted object, L_bg on those fully inside the
-    pasted background, each where the form's teacher gate (if any) lets it. As the
-    author's, the weights are spread over every cell of the region (by the purity of the
-    pasted image's own CAM with `purity`, else uniformly), and the gate then zeroes the
-    cells it shuts: a lone confident cell among n weighs 1/n, not 1."""
-    form = LOSS_FORMS[choice(settings["losses"], "losses", LOSS_FORMS)]
-    loss_fg, loss_bg, fg_gate, bg_gate = form(teacher_maps, maps_fg, maps_bg, batch, settings)
+    pasted background, L_fg where the teacher's gate lets it. As the author's, the weights
+    are spread over every cell of the region (by the purity of the pasted image's own CAM
+    with `purity`, else uniformly), and the gate then zeroes the cells it shuts: a lone
+    confident cell among n weighs 1/n, not 1."""
+    loss_fg, loss_bg, fg_gate = cell_losses(teacher_maps, maps_fg, maps_bg, batch, settings)
     size = teacher_maps.shape[2:]
     fg_mask = batch["source_fg"]
     fg_region = cells_inside(fg_mask, size)
@@ -381,7 +304,7 @@ def csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings):
     cells = []
     for loss, region, gate, maps, labels in (
             (loss_fg, fg_region, fg_gate, maps_fg, pasted_labels(batch)[0]),
-            (loss_bg, bg_region, bg_gate, maps_bg, batch["target_label"])):
+            (loss_bg, bg_region, None, maps_bg, batch["target_label"])):
         cell_purity = purity(maps, labels, settings) if settings["purity"] else None
         weight = image_weights(region, cell_purity, settings["purity_scale"])
         valid = region if gate is None else region & gate
@@ -391,7 +314,7 @@ def csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings):
 
 def csd_losses(teacher_maps, maps_fg, maps_bg, batch, settings):
     """(L_fg, L_bg) from raw class maps: the teacher's of S, the student's of X_fg and X_bg,
-    in the form `losses`, reduced as `reduction`."""
+    reduced as `reduction`."""
     return tuple(reduce_cells(cells, settings["reduction"])
                  for cells in csd_cells(teacher_maps, maps_fg, maps_bg, batch, settings))
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from csd.backbone import Backbone, initial_weights
+from csd.backbone import Backbone
 from csd.random_walk import affinity_maps, path_directions
 from csd.voc import IGNORE
 
@@ -85,11 +85,10 @@ class EdgeNet(nn.Module):
         return self.edge_out(torch.cat(outs, dim=1))
 
 
-def build_irn(settings, cam_model=None):
-    """EdgeNet from train_irn settings; with settings["init_from_cam"] the backbone weights
-    come from the CAM classifier file `cam_model` instead of settings["backbone"]["pretrained"]."""
+def build_irn(settings):
+    """EdgeNet from train_irn settings, its backbone from settings["backbone"]["pretrained"]."""
     backbone = settings["backbone"]
-    return EdgeNet(backbone, pretrained=initial_weights(settings, cam_model, "train_irn"))
+    return EdgeNet(backbone, pretrained=backbone["pretrained"])
 
 
 def load_irn(path, device="cpu"):

@@ -61,7 +61,3 @@ def shard(ids, index, count):
     return list(ids)[index::count]
 
 
-def optional_input(files):
-    """The single file of a rule input that may be empty (e.g. the classifier a backbone
-    starts from, which MCTformer runs do not give), or None."""
-    return files[0] if len(files) else None

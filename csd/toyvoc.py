@@ -6,17 +6,12 @@ preferred background context (boat <-> water, train <-> rails, ...) and some cla
 co-occurring partners (person with horse/bicycle/motorbike, chair with diningtable, ...).
 `context_strength` s sets how often these shortcuts hold (s = 0 is the unbiased control),
 `single_label_fraction` sets the share of single-label images (CSD's source domain).
-`family_look` a sets how much a class's look is its own: at a = 0 every class has its own
-colours and texture over the whole silhouette; at a = 1 the body wears its family's look
-(animals, vehicles, furniture share one each) and only a part (head, wheels, sail, ...)
-and the silhouette tell the class, as faces and wheels do on VOC.
 
 Determinism: every image draws from its own generators seeded by (seed, image index,
 stream), so the output does not depend on generation order, and the geometry stream never
 sees s, so objects and their positions are the same for every context_strength.
 """
 
-import json
 import os
 import shutil
 import tempfile
@@ -27,7 +22,7 @@ import cv2
 import numpy as np
 
 from csd.io import save_json, save_png
-from csd.voc import CLASSES, IGNORE, NUM_CLASSES, load_image, load_label_png, palette
+from csd.voc import CLASSES, IGNORE, NUM_CLASSES, palette
 
 CONTEXTS = ("sky", "water", "rails", "road", "grass", "floor", "room", "snow", "sand", "forest")
 
@@ -75,25 +70,12 @@ APPEARANCE = {
     "tvmonitor": dict(shape="tv", texture="screen", colors=((25, 25, 30), (120, 200, 250), (60, 60, 65)), aspect=1.3, rotation=5),
 }
 
-# Families of classes sharing one body look at family_look = 1: texture and colours (main,
-# texture). The class is then told by its silhouette and its part, painted in the class's
-# own main colour. person is a family of its own and keeps its look.
-FAMILY = {
-    "animal": (("bird", "cat", "cow", "dog", "horse", "sheep"),
-               dict(texture="noise", colors=((130, 122, 108), (82, 76, 66)))),
-    "vehicle": (("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
-                dict(texture="solid", colors=((118, 124, 134), (118, 124, 134)))),
-    "furniture": (("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
-                  dict(texture="grain", colors=((185, 145, 100), (140, 100, 65)))),
-}
-FAMILY_OF = {cls: look for members, look in FAMILY.values() for cls in members}
-
 # Extra checks beyond the type: (low, high) inclusive.
 _RANGES = {
     "seed": (0, None), "n_train": (1, None), "n_val": (1, None), "n_test": (0, None),
     "n_sbd_train": (0, None), "n_sbd_val": (0, None), "sbd_overlap": (0, None),
     "size_min": (32, None), "size_max": (32, None), "context_strength": (0.0, 1.0),
-    "single_label_fraction": (0.0, 1.0), "family_look": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
+    "single_label_fraction": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
     "max_instances": (1, 100), "object_min_frac": (0.0, 1.0), "object_max_frac": (0.0, 1.0),
     "min_visible_frac": (0.0, 1.0), "void_width": (0, None), "jpeg_quality": (1, 100),
 }
@@ -607,13 +589,6 @@ def render_image(settings, plan):
         c1, c2, c3 = (_object_colors(c, rng) for c in look["colors"])
         u, v, mask, part = shapes[k]
         paint = _texture(look["texture"], u, v, c1, c2, rng)
-        a = settings["family_look"] if CLASSES[inst["cls"]] in FAMILY_OF else 0.0
-        if a > 0:  # its own stream, so a = 0 draws exactly what it always drew
-            family = FAMILY_OF[CLASSES[inst["cls"]]]
-            rng_family = np.random.default_rng([settings["seed"], plan["index"], _LOOK, k, 1])
-            f1, f2 = (_object_colors(c, rng_family) for c in family["colors"])
-            paint = (1 - a) * paint + a * _texture(family["texture"], u, v, f1, f2, rng_family)
-            c3 = (1 - a) * c3 + a * c1  # the part carries the class's own colour
         paint[part] = c3 * (1.08 - 0.06 * (v[part, None] + 1))
         image[mask] = paint[mask]
         labels[mask] = inst["cls"] + 1
@@ -783,31 +758,3 @@ def generate(out_root, settings):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
-
-
-def contact_sheet(out_root, path, ids=None, columns=4, rows=4, cell=128):
-    """A PNG grid of images with their colourised masks and class names (for eyeballing)."""
-    voc = Path(out_root) / "VOCdevkit" / "VOC2012"
-    meta = json.loads((Path(out_root) / "toyvoc_meta.json").read_text())
-    records = {r["id"]: r for r in meta["images"]}
-    if ids is None:
-        ids = [i for i in (voc / "ImageSets" / "Segmentation" / "train.txt").read_text().split()][:columns * rows]
-    pal = np.asarray(palette(), np.uint8).reshape(256, 3)
-    label_h = 14
-    sheet = np.full((rows * (cell + label_h), columns * 2 * cell, 3), 255, np.uint8)
-    for n, iid in enumerate(ids[:columns * rows]):
-        r, c = divmod(n, columns)
-        image = load_image(voc / "JPEGImages" / f"{iid}.jpg")
-        png = voc / "SegmentationClass" / f"{iid}.png"
-        if not png.exists():  # test ids keep their ground truth outside VOC2012
-            png = Path(out_root) / "toyvoc_test_gt" / "SegmentationClass" / f"{iid}.png"
-        mask = pal[load_label_png(png)]
-        for k, tile in enumerate((image, mask)):
-            tile = cv2.resize(tile, (cell, cell), interpolation=cv2.INTER_NEAREST)
-            y0, x0 = r * (cell + label_h), (2 * c + k) * cell
-            sheet[y0:y0 + cell, x0:x0 + cell] = tile
-        rec = records[iid]
-        text = f"{rec['context']}: {','.join(rec['classes'])}"
-        cv2.putText(sheet, text[:40], (2 * c * cell + 2, r * (cell + label_h) + cell + 11),
-                    cv2.FONT_HERSHEY_PLAIN, 0.8, (0, 0, 0), 1, cv2.LINE_AA)
-    save_png(path, sheet)

@@ -1,7 +1,6 @@
 """IRN stage `train_irn`: learn class boundaries from the IR labels (edge branch only).
 
-The backbone is frozen (ImageNet weights as in IRN, or the trained CAM classifier's with
-`init_from_cam`); only the edge branch learns, from pixel-pair affinities within `radius`
+The backbone is frozen (ImageNet weights as in IRN); only the edge branch learns, from pixel-pair affinities within `radius`
 on the stride-4 grid of each crop (csd.irn). Resume works as in train_cam: a checkpoint
 after every epoch, each epoch's shuffle drawn from a generator seeded by (seed, epoch).
 """
@@ -12,7 +11,7 @@ from csd.irn import affinity_loss, build_irn, downsample_label, edge_to_affinity
 from csd.training import fit, require, seed_everything
 from csd.transforms import mask_training_set
 
-TRAIN_KEYS = ("seed", "backbone", "init_from_cam", "batch_size", "epochs", "lr",
+TRAIN_KEYS = ("seed", "backbone", "batch_size", "epochs", "lr",
               "weight_decay", "momentum", "poly_power", "scale_range", "crop", "flip",
               "radius", "num_workers")
 
@@ -25,8 +24,8 @@ def irn_step(model, images, masks, radius):
     return affinity_loss(aff, bg_pos, fg_pos, neg)
 
 
-def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam_model=None,
-              device="cpu", precision="fp32"):
+def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, device="cpu",
+              precision="fp32"):
     """Train the edge branch on `ids` with IR labels `ir_label_dir/<id>.png`.
 
     Writes {"model": state_dict, "settings": settings} to model_out and the history JSON
@@ -38,7 +37,7 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, cam
     seed_everything(settings["seed"])
     dataset = mask_training_set(voc_root, ids, ir_label_dir, settings["scale_range"],
                                 settings["crop"], settings["flip"], "IR label PNG")
-    model = build_irn(settings, cam_model).to(device)
+    model = build_irn(settings).to(device)
     # IRN's PolyOptimizer: SGD(params, lr, weight_decay) puts wd into momentum (see train_cam)
     optimizer = torch.optim.SGD(model.edge_parameters(), lr=settings["lr"],
                                 momentum=settings["momentum"],

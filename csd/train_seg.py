@@ -11,13 +11,12 @@ stored with the settings in the model file.
 import torch
 import torch.nn as nn
 
-from csd.backbone import initial_weights
 from csd.deeplab import build_deeplab, param_groups, predict_logits
 from csd.training import fit, require, seed_everything
 from csd.transforms import mask_training_set
 from csd.voc import IGNORE
 
-TRAIN_KEYS = ("seed", "arch", "backbone", "init_from_cam", "batch_size", "iterations", "lr",
+TRAIN_KEYS = ("seed", "arch", "backbone", "batch_size", "iterations", "lr",
               "weight_decay", "momentum", "poly_power", "scales", "crop", "flip", "num_workers")
 
 
@@ -26,11 +25,10 @@ def epochs_for(iterations, n_images, batch_size):
     return max(1, round(iterations / max(1, steps)))
 
 
-def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam_model=None,
-                  device="cpu", precision="fp32"):
+def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, device="cpu",
+                  precision="fp32"):
     """Train on `ids` with masks `mask_dir/<id>.png` (255 = ignored).
 
-    With settings["init_from_cam"] the backbone starts from the classifier file `cam_model`.
     Writes {"model", "settings"} (settings with the derived `epochs`) to model_out and the
     history JSON (one {"epoch", "lr", "loss"} record per epoch) to history_out.
     """
@@ -44,10 +42,10 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, cam
                                 settings["flip"], "pseudo mask PNG")
     settings = dict(settings, epochs=epochs_for(settings["iterations"], len(ids),
                                                 settings["batch_size"]))
-    weights = initial_weights(settings, cam_model, "train_seg")
+    weights = settings["backbone"]["pretrained"]
     if settings["backbone"]["freeze_bn"] and weights in (None, "none"):
         raise ValueError("settings 'train_seg.backbone.freeze_bn' is true but the backbone "
-                         "starts from no weights (pretrained null, init_from_cam false): "
+                         "starts from no weights (pretrained null): "
                          "BatchNorm would keep random statistics; set freeze_bn false")
     model = build_deeplab(settings, weights).to(device)
     groups, base_lrs = param_groups(model, settings["lr"])

@@ -75,11 +75,11 @@ TINY = {
     "cam_to_ir_label": {"workers": 1, "shards": 1},
     "train_irn": {
         "backbone": {"depth": 18, "pretrained": PRETRAINED, "strides": [2, 2, 2, 1]},
-        "init_from_cam": False, "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
+        "batch_size": 8, "epochs": 1, "crop": 64, "radius": 5,
         "num_workers": 0},
     "make_sem_seg": {"shards": 2},
     "train_seg": {"backbone": {"depth": 18, "pretrained": PRETRAINED, "freeze_bn": True},
-                  "init_from_cam": False, "batch_size": 4,
+                  "batch_size": 4,
                   "iterations": 6, "crop": 48, "num_workers": 0},
     "infer_seg": {"scales": [1.0, 0.5], "shards": 2},
     # one epoch of a tiny classifier gives rough masks: accept any instance size

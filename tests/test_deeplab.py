@@ -24,7 +24,7 @@ from tests.test_cam import Killed, kill_after_first_epoch
 BACKBONE = {"depth": 18, "pretrained": None, "freeze_bn": True}
 MODEL = {"arch": "deeplab_v2", "backbone": BACKBONE, "aspp_rates": [6, 12, 18, 24]}
 # 8 images at batch 4: 2 steps per epoch, so 4 iterations = 2 epochs
-TRAIN = dict(MODEL, backbone=dict(BACKBONE, freeze_bn=False), seed=0, init_from_cam=False,
+TRAIN = dict(MODEL, backbone=dict(BACKBONE, freeze_bn=False), seed=0,
              batch_size=4, iterations=4, lr=2.5e-4, weight_decay=5e-4,
              momentum=0.9, poly_power=0.9, scales=[0.5, 1.5], crop=48, flip=True,
              num_workers=0)
@@ -56,36 +56,6 @@ def trained(voc, tmp_path_factory):
     history = train_deeplab(root, ids, root / "SegmentationClass", out / "seg.pth",
                             out / "history.json", TRAIN)
     return out, history
-
-
-def test_init_from_cam_starts_from_the_classifier_backbone(voc, tmp_path):
-    from csd.cam_net import CAMNet
-
-    cam_backbone = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1],
-                    "frozen_stages": 0, "freeze_bn": False}
-    torch.manual_seed(5)
-    cam = CAMNet(cam_backbone)
-    save_torch(tmp_path / "cam.pt", {"model": cam.state_dict(),
-                                    "settings": {"backbone": cam_backbone}})
-    root, ids = voc
-    settings = dict(TRAIN, backbone=BACKBONE, init_from_cam=True, iterations=1, lr=0.0)
-    train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "seg.pt",
-                  tmp_path / "h.json", settings, cam_model=tmp_path / "cam.pt")
-    seg = load_deeplab(tmp_path / "seg.pt")
-    # lr 0 and frozen BN: the backbone is still exactly the classifier's
-    assert torch.equal(seg.backbone[0].weight, cam.backbone.stage1[0].weight)
-    assert torch.equal(seg.backbone[1].running_mean, cam.backbone.stage1[1].running_mean)
-    assert torch.equal(seg.backbone[7][1].conv2.weight, cam.backbone.stage4[1].conv2.weight)
-    with pytest.raises(ValueError, match="freeze_bn' is true but the backbone starts from no"):
-        train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "s1.pt",
-                      tmp_path / "h1.json", dict(settings, init_from_cam=False))
-    with pytest.raises(ValueError, match="no cam_model"):
-        train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "s2.pt",
-                      tmp_path / "h2.json", settings)
-    with pytest.raises(ValueError, match="depth 18 does not fit train_seg backbone depth 34"):
-        train_deeplab(root, ids, root / "SegmentationClass", tmp_path / "s3.pt",
-                      tmp_path / "h3.json", dict(settings, backbone=dict(BACKBONE, depth=34)),
-                      cam_model=tmp_path / "cam.pt")
 
 
 @pytest.mark.parametrize("size", [(65, 49), (64, 48), (33, 71)])

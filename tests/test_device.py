@@ -9,11 +9,9 @@ import textwrap
 import pytest
 
 from csd.device import claim_device
-from tests.conftest import REPO
 
 CLAIM = textwrap.dedent("""
     import sys, time
-    sys.path.insert(0, {repo!r})
     from csd.device import claim_device
     claim_device({locks!r})
     sys.stdout.flush()
@@ -22,7 +20,7 @@ CLAIM = textwrap.dedent("""
 
 
 def start_claimer(tmp_path, seconds, gpus="2"):
-    script = CLAIM.format(repo=str(REPO), locks=str(tmp_path / "locks"))
+    script = CLAIM.format(locks=str(tmp_path / "locks"))
     env = dict(os.environ, CSD_FAKE_GPUS=gpus)
     env.pop("SLURM_JOB_ID", None)
     return subprocess.Popen([sys.executable, "-c", script, str(seconds)], env=env,
@@ -119,21 +117,20 @@ def test_three_devices_a_dead_holder_frees_exactly_its_own(tmp_path):
 
 SNAKEFILE = textwrap.dedent("""
     rule all:
-        input: expand("done/{{i}}.txt", i=range(4))
+        input: expand("done/{i}.txt", i=range(4))
 
     rule gpu_job:
-        output: "done/{{i}}.txt"
+        output: "done/{i}.txt"
         resources: gpu=1
         run:
-            import sys, time
-            sys.path.insert(0, {repo!r})
+            import time
             from csd.device import claim_device
             lines = []
             claim_device("locks", log=lines.append)
             start = time.time()
             time.sleep(2)
             with open(output[0], "w") as f:
-                f.write(f"{{lines[0]}}\\t{{start}}\\t{{time.time()}}\\n")
+                f.write(f"{lines[0]}\\t{start}\\t{time.time()}\\n")
 """)
 
 
@@ -141,7 +138,7 @@ SNAKEFILE = textwrap.dedent("""
 def test_four_gpu_jobs_on_two_devices_never_share(tmp_path):
     """4 concurrent jobs with --resources gpu=2 (and cores for all 4): each job holds a
     distinct device for its whole life."""
-    (tmp_path / "Snakefile").write_text(SNAKEFILE.format(repo=str(REPO)))
+    (tmp_path / "Snakefile").write_text(SNAKEFILE)
     env = dict(os.environ, CSD_FAKE_GPUS="2")
     env.pop("SLURM_JOB_ID", None)
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "4", "--resources",

@@ -11,7 +11,7 @@ from PIL import Image
 from csd.backbone import normalize
 from csd.training import Checkpoint
 from csd.io import save_npz, save_png, save_torch
-from csd.irn import (EdgeNet, affinity_loss, build_irn, downsample_label, edge_to_affinity,
+from csd.irn import (EdgeNet, affinity_loss, downsample_label, edge_to_affinity,
                      load_irn, pair_labels)
 from csd.make_sem_seg import edge_map, make_sem_seg
 from csd.random_walk import path_directions
@@ -26,7 +26,7 @@ WALK = {"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25, "pad_to_c
 
 
 def irn_settings(**over):
-    settings = {"seed": 0, "backbone": dict(BACKBONE), "init_from_cam": False,
+    settings = {"seed": 0, "backbone": dict(BACKBONE),
                 "batch_size": 4, "epochs": 2, "lr": 0.1, "weight_decay": 1e-4,
                 "momentum": 1e-4, "poly_power": 0.9, "scale_range": [0.5, 1.5], "crop": 64,
                 "flip": True, "radius": 5, "num_workers": 0}
@@ -123,24 +123,6 @@ def test_loss_prefers_the_true_boundary():
     # the loss reaches the boundary map: lowering the inverted edges lowers the loss
     bad.backward()
     assert inverted.grad[0, :, :11].sum() > 0
-
-
-def test_init_from_cam_copies_the_classifier_backbone(tmp_path):
-    from csd.cam_net import CAMNet
-
-    cam_backbone = dict(BACKBONE, frozen_stages=0, freeze_bn=False)
-    torch.manual_seed(3)
-    cam = CAMNet(cam_backbone)
-    save_torch(tmp_path / "cam.pth", {"model": cam.state_dict(),
-                                     "settings": {"backbone": cam_backbone}})
-    net = build_irn(irn_settings(init_from_cam=True), tmp_path / "cam.pth")
-    for key, value in cam.backbone.state_dict().items():
-        assert torch.equal(net.backbone.state_dict()[key], value)
-    with pytest.raises(ValueError, match="cam_model"):
-        build_irn(irn_settings(init_from_cam=True), None)
-    with pytest.raises(ValueError, match="depth 18 does not fit train_irn backbone depth 34"):
-        build_irn(irn_settings(init_from_cam=True, backbone=dict(BACKBONE, depth=34)),
-                  tmp_path / "cam.pth")
 
 
 # ---- stages on a tiny VOC-format fixture ----

@@ -16,7 +16,7 @@ from tests.conftest import layer_dtypes
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = dict(seed=1000, size_min=48, size_max=64, context_strength=0.9,
-             single_label_fraction=0.5, family_look=0.0, max_classes=3, max_instances=4, object_min_frac=0.05,
+             single_label_fraction=0.5, max_classes=3, max_instances=4, object_min_frac=0.05,
              object_max_frac=0.3, min_visible_frac=0.02, void_width=2, jpeg_quality=90)
 SETTINGS = dict(seed=0, world=WORLD, n_images=48, depth=18, batch_size=8, epochs=10, lr=0.1,
                 momentum=0.9, weight_decay=1e-4, poly_power=0.9, resize_long=[48, 64], crop=48,

@@ -140,19 +140,8 @@ def classifier_code(w):
 
 def resnet_stage_settings(stage):
     """A params function: the settings of a ResNet stage after the CAMs (train_irn,
-    train_seg) with the run's seed. Their backbone is a ResNet: a ViT classifier cannot give
-    it, so MCTformer runs take it from the stage's own `backbone` (`init_from_cam` applies
-    to ResNet classifiers only)."""
-    def settings(w):
-        out = dict(config[stage], seed=int(w.seed))
-        if classifier_of(w) != "cam":
-            out["init_from_cam"] = False
-            backbone = out["backbone"]
-            if backbone.get("freeze_bn") and backbone["pretrained"] is None:
-                # nothing to start from: frozen BatchNorm would keep random statistics
-                out["backbone"] = dict(backbone, freeze_bn=False)
-        return out
-    return settings
+    train_seg) with the run's seed."""
+    return lambda w: dict(config[stage], seed=int(w.seed))
 
 
 # The procedural pretraining's backbone file (workflow/rules/pretrain.smk): a stage uses it
@@ -181,8 +170,7 @@ def weights_file(pretrained):
 def pretrained_input(stage):
     """An input function: the weights file a ResNet stage after the CAMs starts from."""
     def inputs(w):
-        settings = resnet_stage_settings(stage)(w)
-        return [] if settings["init_from_cam"] else weights_file(settings["backbone"]["pretrained"])
+        return weights_file(resnet_stage_settings(stage)(w)["backbone"]["pretrained"])
 
     return inputs
 
@@ -191,12 +179,6 @@ def classifier_pretrained(w):
     """An input function: the weights file a method's classifier starts from."""
     section = config[CLASSIFIERS[classifier_of(w)]["settings"]]
     return weights_file(section.get("backbone", section.get("model"))["pretrained"])
-
-
-def warm_start_model(stage):
-    """An input function: the classifier file the stage's backbone starts from, if any."""
-    return lambda w: ([f"{RESULTS}/{w.method}/seed{w.seed}/cam_model.pt"]
-                      if resnet_stage_settings(stage)(w)["init_from_cam"] else [])
 
 
 def round0_masks(w):

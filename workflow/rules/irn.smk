@@ -134,7 +134,6 @@ rule train_irn:
         history=f"{RUN}/irn_history.json",
     input:
         ir_labels=f"{RUN}/ir_label/all",
-        cam_model=warm_start_model("train_irn"),
         pretrained=pretrained_input("train_irn"),
         ids=f"{SPLITS}/train_aug.txt",
     params:

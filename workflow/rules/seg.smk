@@ -14,7 +14,6 @@ rule train_seg:
     input:
         masks=f"{RUN}/mask/all",
         ids=f"{SPLITS}/train_aug.txt",
-        cam_model=warm_start_model("train_seg"),
         pretrained=pretrained_input("train_seg"),
     params:
         code=code_of("train_seg"),

@@ -1,7 +1,5 @@
-import sys
 from pathlib import Path
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.runner import job
 from csd.splits import build_splits
 

@@ -1,6 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.io import resumable_outputs
 from csd.ir_label import make_ir_labels
 from csd.runner import job, shard

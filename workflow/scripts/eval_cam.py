@@ -1,6 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.metrics import eval_seeds
 from csd.runner import job
 from csd.voc import read_ids

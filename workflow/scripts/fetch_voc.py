@@ -1,7 +1,5 @@
-import sys
 from pathlib import Path
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.download import fetch_voc
 from csd.io import save_json
 from csd.runner import job

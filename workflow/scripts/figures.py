@@ -1,6 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.figures import per_class_bars, training_curves
 from csd.runner import job
 

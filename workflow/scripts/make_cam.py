@@ -1,7 +1,5 @@
-import sys
 from functools import partial
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.device import claim_device
 from csd.io import resumable_outputs
 from csd.make_cam import make_cams

@@ -1,6 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.device import claim_device
 from csd.io import resumable_outputs
 from csd.make_sem_seg import make_sem_seg

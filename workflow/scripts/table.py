@@ -1,7 +1,5 @@
-import sys
 from pathlib import Path
 
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.runner import log_to
 from csd.table import write_table
 

@@ -1,6 +1,3 @@
-import sys
-
-sys.path.insert(0, f"{snakemake.scriptdir}/../..")
 from csd.voc import pack_test_archive
 from csd.runner import job
 from csd.voc import read_ids
