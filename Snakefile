@@ -4,13 +4,13 @@
 #   snakemake ... masks       every method and seed up to its pseudo masks, without DeepLab
 from snakemake.utils import min_version
 
-from csd.config import load_config_file, validate_config
+from csd.runtime.config import load_config_file, validate_config
 
 min_version("9.19")
 
 
 # The published defaults; --configfile files given on the command line override keys of it.
-# Read by csd.config first: Snakemake's own message for a YAML error names no file or line.
+# Read by csd.runtime.config first: Snakemake's own message for a YAML error names no file or line.
 load_config_file(f"{workflow.basedir}/config/config.yaml")
 
 

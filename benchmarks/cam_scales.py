@@ -14,14 +14,12 @@ import itertools
 import time
 
 import numpy as np
-
-
 from stage_ladder import open_run, run_parser, splits_dir
 
-from csd.make_cam import multiscale_cam, normalize_max
-from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels
-from csd.train_cam import load_cam_net, load_labels_for
-from csd.voc import load_image, load_label_png
+from csd.cam.make_cam import multiscale_cam, normalize_max
+from csd.cam.train_cam import load_cam_net
+from csd.data.voc import load_image, load_label_png, load_labels_for
+from csd.results.metrics import N_LABELS, confusion_matrix, scores, seed_labels
 
 
 def main():

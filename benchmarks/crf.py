@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-
-from csd.io import save_npz
-from csd.ir_label import make_ir_labels
+from csd.irn.ir_label import make_ir_labels
+from csd.runtime.io import save_npz
 
 # IRN's published values (method.md); the config holds the real ones.
 CRF = {"gt_prob": 0.7, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,

@@ -19,11 +19,11 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from csd.config import check_config_files
-from csd.decoupling import train_cam_csd
-from csd.make_cam import make_cams
-from csd.metrics import eval_seeds
-from csd.voc import read_ids
+from csd.cam.make_cam import make_cams
+from csd.data.voc import read_ids
+from csd.methods.csd.train import train_cam_csd
+from csd.results.metrics import eval_seeds
+from csd.runtime.config import check_config_files
 
 
 def main():

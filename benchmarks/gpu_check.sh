@@ -19,7 +19,7 @@ fi
 "$python" - <<'PY'
 import torch
 assert torch.cuda.is_available(), "no CUDA device: this check is for a GPU machine"
-from csd.precision import resolve
+from csd.runtime.precision import resolve
 print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, "
       f"{torch.cuda.get_device_name(0)}: auto = {resolve('auto', 'cuda')}")
 PY

@@ -11,10 +11,11 @@ are exactly those of the JPEGs the classifiers see; the void band is kept as 255
 import argparse
 from pathlib import Path
 
-from csd.config import check_config_files
-from csd.io import save_png
-from csd.toyvoc import check_settings, plan_image, render_image
-from csd.voc import palette, read_ids
+from csd.data.voc import palette, read_ids
+from csd.runtime.config import check_config_files
+from csd.runtime.io import save_png
+from csd.toyvoc.render import render_image
+from csd.toyvoc.world import check_settings, plan_image
 
 
 def main():

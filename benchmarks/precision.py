@@ -7,7 +7,7 @@ Reruns each stage's own function on the first N train_aug images of a finished r
 data, models, CAMs, IR labels and masks: `snakemake --configfile CONFIG` makes them), with
 the settings that run used (read from its model files and the config; CSD's and CDA's from
 the METHOD_csd / METHOD_cda runs of the same seed, on this run's masks), once at fp32 and
-once at `auto` (what csd.precision resolves it to on this machine is printed), after one
+once at `auto` (what csd.runtime.precision resolves it to on this machine is printed), after one
 untimed pass of each on a few images (oneDNN builds its kernels on first use). Training
 stages run one epoch over the N images. Prints seconds per image and the ratio per stage.
 Outputs go to a temporary directory; the run is left as it was. The accuracy side is a
@@ -23,9 +23,10 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
-from csd.config import check_config_files, voc_root as csd_voc_root
-from csd.precision import cpu_flags, resolve
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.runtime.config import check_config_files
+from csd.runtime.config import voc_root as csd_voc_root
+from csd.runtime.precision import cpu_flags, resolve
 
 
 def saved_settings(path):
@@ -42,7 +43,7 @@ def stages(config, run, data, voc_root, splits, args_method):
         return dict(settings, epochs=1, batch_size=min(settings["batch_size"], len(ids)))
 
     def pretrain(ids, out, precision):
-        from csd.pretrain import pretrain_backbone
+        from csd.toyvoc.pretrain import pretrain_backbone
         settings = dict(saved_settings(data / "pretrain" / "pretrain_model.pt"),
                         n_images=len(ids), epochs=1)
         settings["batch_size"] = min(settings["batch_size"], len(ids))
@@ -50,7 +51,7 @@ def stages(config, run, data, voc_root, splits, args_method):
                           precision=precision)
 
     def train_cam(ids, out, precision):
-        from csd.train_cam import train_cam
+        from csd.cam.train_cam import train_cam
         train_cam(voc_root, ids, labels, out / "m.pt", out / "h.json", epoch_of(cam, ids),
                   precision=precision)
 
@@ -68,22 +69,22 @@ def stages(config, run, data, voc_root, splits, args_method):
         return call
 
     def make_cam(ids, out, precision):
-        from csd.make_cam import make_cams
+        from csd.cam.make_cam import make_cams
         make_cams(voc_root, ids, labels, run / "cam_model.pt", out, config["make_cam"],
                   precision=precision)
 
     def train_irn(ids, out, precision):
-        from csd.train_irn import train_irn
+        from csd.irn.train_irn import train_irn
         train_irn(voc_root, ids, run / "ir_label" / "all", out / "m.pt", out / "h.json",
                   epoch_of(irn, ids), precision=precision)
 
     def make_sem_seg(ids, out, precision):
-        from csd.make_sem_seg import make_sem_seg
+        from csd.irn.make_sem_seg import make_sem_seg
         make_sem_seg(voc_root, ids, [run / "cam" / "all"], run / "irn_model.pt", out,
                      {**config["make_sem_seg"], "crop": irn["crop"]}, precision=precision)
 
-    from csd.copy_paste import train_cam_cda
-    from csd.decoupling import train_cam_csd
+    from csd.methods.cda import train_cam_cda
+    from csd.methods.csd.train import train_cam_csd
     found = {"pretrain_backbone": pretrain, "train_cam": train_cam,
              "train_cam_csd": regime("csd", train_cam_csd),
              "train_cam_cda": regime("cda", train_cam_cda), "make_cam": make_cam,
@@ -93,14 +94,14 @@ def stages(config, run, data, voc_root, splits, args_method):
         seg.pop("epochs")  # derived from `iterations` by train_deeplab itself
 
         def train_seg(ids, out, precision):
-            from csd.train_seg import train_deeplab
+            from csd.seg.train_seg import train_deeplab
             batch = min(seg["batch_size"], len(ids))
             train_deeplab(voc_root, ids, run / "mask" / "all", out / "m.pt", out / "h.json",
                           dict(seg, batch_size=batch, iterations=len(ids) // batch),
                           precision=precision)
 
         def infer_seg(ids, out, precision):
-            from csd.infer_seg import infer_deeplab
+            from csd.seg.infer_seg import infer_deeplab
             infer_deeplab(voc_root, ids, run / "seg_model.pt", out / "raw", out / "crf",
                           config["infer_seg"], precision=precision)
 

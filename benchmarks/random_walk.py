@@ -27,8 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from csd.random_walk import (
-    affinity_matrix, propagate, propagate_dense, sem_seg_from_rw)
+from csd.irn.random_walk import (
+    affinity_matrix,
+    propagate,
+    propagate_dense,
+    sem_seg_from_rw,
+)
 
 KEYS = [2, 7, 14]  # bird, car, person -> labels 3, 8, 15
 

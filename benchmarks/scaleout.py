@@ -18,10 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from tests.conftest import TINY, snakemake, write_config
-from tests.slurm_cluster import (SlurmCluster, install, snakemake_on_slurm,
-                                 submitted_jobs)
+from tests.slurm_cluster import (
+    SlurmCluster,
+    install,
+    snakemake_on_slurm,
+    submitted_jobs,
+)
 
 METRICS = ("seed", "mask", "val", "val_crf")
 

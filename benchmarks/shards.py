@@ -5,7 +5,7 @@
 VOC-sized (500x375) synthetic images and CAMs (from benchmarks/crf.py), randomly
 initialised networks (speed does not depend on the weights). Each shard is a separate
 process with one torch thread, as Snakemake runs `shards` jobs side by side; the 2-shard
-run gets the two halves of the image list (csd.runner.shard). Also printed: one shard
+run gets the two halves of the image list (csd.runtime.runner.shard). Also printed: one shard
 with two threads, which is what a 1-shard workflow run on 2 cores does.
 """
 
@@ -19,27 +19,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-
 from crf import make_data
-from csd.cam_net import CAMNet
-from csd.io import save_torch
-from csd.irn import EdgeNet
-from csd.voc import write_labels_csv
+
+from csd.cam.cam_net import CAMNet
+from csd.data.voc import write_labels_csv
+from csd.irn.edge_net import EdgeNet
+from csd.runtime.io import save_torch
 
 # One shard: run a stage on shard `index` of `count` with `threads` torch threads.
 CHILD = """
 import json, sys, torch
-from csd.runner import shard
+from csd.runtime.runner import shard
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
 ids = shard(args["ids"], args["index"], args["count"])
 if args["stage"] == "make_cam":
-    from csd.make_cam import make_cams
+    from csd.cam.make_cam import make_cams
     make_cams(args["voc"], ids, args["labels"], args["cam_model"], args["out"],
               {{"scales": [1.0, 0.5, 1.5, 2.0], "flip": True}})
 else:
-    from csd.make_sem_seg import make_sem_seg
+    from csd.irn.make_sem_seg import make_sem_seg
     make_sem_seg(args["voc"], ids, [args["cams"]], args["irn_model"], args["out"],
                  {{"radius": 5, "beta": 10, "exp_times": 8, "bg_threshold": 0.25,
                   "pad_to_crop": True, "crop": 512}})

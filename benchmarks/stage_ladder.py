@@ -28,12 +28,13 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 
-from csd.config import check_config_files, voc_root as csd_voc_root
-from csd.io import load_json
-from csd.metrics import N_LABELS, confusion_matrix, scores, seed_labels
-from csd.random_walk import propagate, sem_seg_from_rw
-from csd.store import load_cam_pack
-from csd.voc import IGNORE, load_label_png, read_ids
+from csd.data.voc import IGNORE, load_label_png, read_ids
+from csd.irn.random_walk import propagate, sem_seg_from_rw
+from csd.results.metrics import N_LABELS, confusion_matrix, scores, seed_labels
+from csd.runtime.config import check_config_files
+from csd.runtime.config import voc_root as csd_voc_root
+from csd.runtime.io import load_json
+from csd.runtime.store import load_cam_pack
 
 
 def oracle_edge(gt):

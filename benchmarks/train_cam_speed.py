@@ -5,7 +5,7 @@
 
 IRN's real setting by default (ResNet-50 at output stride 16, 512-px crops, batch 16),
 random weights and random images held in memory, so that the network alone is timed: the
-stage's own loop (csd.training.fit) and step (csd.train_cam.classification_step), one
+stage's own loop (csd.runtime.training.fit) and step (csd.cam.train_cam.classification_step), one
 epoch of `--steps` steps after one untimed warm-up step at each precision. Prints images
 per second and the ratio.
 """
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import torch
 
-
-from csd.cam_net import CAMNet
-from csd.precision import resolve
-from csd.train_cam import classification_step, fit_classifier
+from csd.cam.cam_net import CAMNet
+from csd.cam.train_cam import classification_step, fit_classifier
+from csd.runtime.precision import resolve
 
 
 class RandomImages(torch.utils.data.Dataset):

@@ -3,11 +3,11 @@
     python benchmarks/validate_splits.py [--images 10000] [--size 96 128] [--workers 1 2]
                                          [--tree DIR]
 
-Generates a toyvoc tree (csd.toyvoc; `--images` listed images, two thirds VOC train/val
+Generates a toyvoc tree (csd.toyvoc.world; `--images` listed images, two thirds VOC train/val
 with ground-truth PNGs, one third SBD-only) in a temporary directory (`--tree DIR`: kept
 there, and reused if it exists), then runs
 build_splits on it with each `--workers` count and prints its wall seconds and the share
-spent decoding images (csd.imagecheck). toyvoc's default image size (96-128 px) keeps
+spent decoding images (csd.data.imagecheck). toyvoc's default image size (96-128 px) keeps
 generation at ~20 ms per image; VOC's images are ~500x375 (`--size 375 500`, ~15x slower
 to generate, so use fewer `--images`).
 
@@ -25,11 +25,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-
-import csd.splits
-from csd.imagecheck import check_jpegs
-from csd.splits import build_splits
-from csd.toyvoc import generate
+import csd.data.splits
+from csd.data.imagecheck import check_jpegs
+from csd.data.splits import build_splits
+from csd.toyvoc.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +46,7 @@ def make_tree(root, images, size):
 def timed_build(root, workers, out):
     """(total s, image decoding s) of one build_splits run."""
     spent = []
-    inner = csd.splits._image_problems
+    inner = csd.data.splits._image_problems
 
     def image_problems(*args):
         start = time.perf_counter()
@@ -56,14 +55,14 @@ def timed_build(root, workers, out):
         finally:
             spent.append(time.perf_counter() - start)
 
-    csd.splits._image_problems = image_problems
+    csd.data.splits._image_problems = image_problems
     try:
         start = time.perf_counter()
         build_splits(root / "VOCdevkit/VOC2012", root / "benchmark_RELEASE/dataset", out,
                      {"expected_counts": None, "workers": workers})
         return time.perf_counter() - start, spent[0]
     finally:
-        csd.splits._image_problems = inner
+        csd.data.splits._image_problems = inner
 
 
 def damage(data, kind, rng):

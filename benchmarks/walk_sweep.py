@@ -14,16 +14,14 @@ Method settings are chosen here on train, never on val.
 
 import numpy as np
 import torch
-
-
 from stage_ladder import open_run, oracle_edge, run_parser
 
-from csd.irn import load_irn
-from csd.make_sem_seg import edge_map
-from csd.metrics import N_LABELS, confusion_matrix, scores
-from csd.random_walk import propagate, sem_seg_from_rw
-from csd.store import load_cam_pack
-from csd.voc import load_image, load_label_png
+from csd.data.voc import load_image, load_label_png
+from csd.irn.edge_net import load_irn
+from csd.irn.make_sem_seg import edge_map
+from csd.irn.random_walk import propagate, sem_seg_from_rw
+from csd.results.metrics import N_LABELS, confusion_matrix, scores
+from csd.runtime.store import load_cam_pack
 
 
 def main():

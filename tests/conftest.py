@@ -12,8 +12,8 @@ import torch
 import yaml
 from PIL import Image
 
-from csd.io import save_png
-from csd.voc import palette, write_labels_csv
+from csd.data.voc import palette, write_labels_csv
+from csd.runtime.io import save_png
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def layer_dtypes():
         handle.remove()
 
 
-# what csd.training.fit records for every epoch besides a step's own parts
+# what csd.runtime.training.fit records for every epoch besides a step's own parts
 RECORD = {"epoch", "lr", "loss", "grad_norm", "grad_norm_max", "precision", "threads"}
 
 

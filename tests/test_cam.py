@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from csd.training import Checkpoint, epoch_loader
-from csd.cam_net import CAMNet
-from csd.io import save_npz, save_torch
-from csd.make_cam import make_cams, multiscale_cam, normalize_max, rescale
-from csd.train_cam import load_cam_net, train_cam
-from csd.transforms import eval_transform
+from csd.cam.cam_net import CAMNet
+from csd.cam.make_cam import make_cams, multiscale_cam, normalize_max
+from csd.cam.train_cam import load_cam_net, train_cam
+from csd.data.transforms import eval_transform, rescale
+from csd.runtime.io import save_npz, save_torch
+from csd.runtime.training import Checkpoint, epoch_loader
 from tests.conftest import layer_dtypes, make_voc
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1], "frozen_stages": 1,

@@ -4,12 +4,12 @@ import copy
 import re
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 import yaml
 
-from csd.config import ConfigError, load_config_file, validate_config
+from csd.runtime.config import ConfigError, load_config_file, validate_config
 from tests.conftest import REPO, snakemake, write_config
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
@@ -93,18 +93,18 @@ def test_config_file_errors_name_the_file_and_line(tmp_path):
 
 
 def test_check_command_names_the_broken_file(tmp_path):
-    # `python -m csd.config FILE...`: what Snakemake reads, checked before a run
+    # `python -m csd.runtime.config FILE...`: what Snakemake reads, checked before a run
     bad = tmp_path / "my.yaml"
     bad.write_text("dataset:\n  name: toyvoc\n   toyvoc: {}\n")
-    proc = subprocess.run([sys.executable, "-m", "csd.config", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "csd.runtime.config", str(bad)], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 1
     assert re.fullmatch(r"\S+/my.yaml, line 3, column \d+: YAML error: [^\n]+\n", proc.stderr)
     write_config(bad, {"dataset": {"toyvoc": {"void_width": -3}}})
-    proc = subprocess.run([sys.executable, "-m", "csd.config", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "csd.runtime.config", str(bad)], capture_output=True,
                           text=True, cwd=REPO)
     assert proc.returncode == 1 and "dataset.toyvoc.void_width" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "csd.config", str(REPO / "config/demo.yaml")],
+    proc = subprocess.run([sys.executable, "-m", "csd.runtime.config", str(REPO / "config/demo.yaml")],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from csd.crf import crf_inference, crf_inference_label
+from csd.seg.crf import crf_inference, crf_inference_label
 
 # IRN's cam_to_ir_label values (method.md).
 SETTINGS = {"gt_prob": 0.7, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,

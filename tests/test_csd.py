@@ -1,4 +1,4 @@
-"""CSD (csd.decoupling) and CDA (csd.copy_paste): each piece on known inputs, then a short
+"""CSD (csd.methods.csd.train) and CDA (csd.methods.cda): each piece on known inputs, then a short
 training run of each on a tiny VOC-like tree whose ground truth serves as round-0 masks."""
 
 import json
@@ -12,18 +12,37 @@ import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 
-from csd.backbone import MEAN, STD
-from csd.cam_net import CAMNet
-from csd import copy_paste, decoupling
-from csd.copy_paste import WithInstances, instance_pool, make_instance, paste_batch, train_cam_cda
-from csd.config import ConfigError, validate_config
-from csd.decoupling import (
-    CSD_KEYS, Cells, PastePairs, Teacher, cam_scores, cells_inside, cooccurrence,
-    count_temperature, csd_cells, csd_losses, csd_step, image_weights, purity, reduce_cells,
-    source_probs, train_cam_csd, transition)
-from csd.transforms import train_transform
-from csd.io import save_png
-from csd.voc import load_image, load_label_png, load_labels, palette
+from csd.cam.cam_net import CAMNet
+from csd.cam.train_cam import CAM_CLASSIFIER
+from csd.data.transforms import MEAN, STD, train_transform
+from csd.data.voc import load_image, load_label_png, load_labels, palette
+from csd.methods.cda import (
+    WithInstances,
+    instance_pool,
+    make_instance,
+    paste_batch,
+    train_cam_cda,
+)
+from csd.methods.csd.losses import (
+    Cells,
+    cam_scores,
+    cells_inside,
+    csd_cells,
+    csd_losses,
+    image_weights,
+    purity,
+    reduce_cells,
+)
+from csd.methods.csd.sampling import (
+    PastePairs,
+    cooccurrence,
+    count_temperature,
+    source_probs,
+    transition,
+)
+from csd.methods.csd.train import CSD_KEYS, Teacher, csd_step, train_cam_csd
+from csd.runtime.config import ConfigError, validate_config
+from csd.runtime.io import save_png
 from tests.conftest import COLOURS, RECORD, layer_dtypes, make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 
@@ -869,7 +888,7 @@ def test_make_instance_rotates_piece_and_mask_together(monkeypatch):
     mask = np.zeros((20, 20), np.uint8)
     image[3:13, 2:8] = (200, 100, 30)
     mask[3:13, 2:8] = 5
-    monkeypatch.setattr(copy_paste, "uniform", lambda lo, hi: hi)  # angle 90, side 16
+    monkeypatch.setattr("csd.methods.cda.uniform", lambda lo, hi: hi)  # angle 90, side 16
     canvas, canvas_mask = make_instance(image, mask, 4, 32, dict(CDA, rotation=90,
                                                                  size_range=[0.2, 0.5]))
     ys, xs = torch.nonzero(canvas_mask, as_tuple=True)
@@ -943,11 +962,12 @@ def test_with_instances_pastes_absent_classes_and_trains(voc, tmp_path, monkeypa
             seen.append(x.detach().clone())
             return super().forward(x)
 
-    monkeypatch.setattr(copy_paste, "paste_batch", spy_paste)
-    monkeypatch.setattr(copy_paste, "CAMNet", SpyCAMNet)
+    monkeypatch.setattr("csd.methods.cda.paste_batch", spy_paste)
+    spy_classifier = CAM_CLASSIFIER._replace(build=lambda s: SpyCAMNet(s["backbone"]))
     settings = dict(TRAIN, cda=CDA)
     history = train_cam_cda(root, ids, root / "labels.csv", root / "SegmentationClass",
-                            tmp_path / "m.pt", tmp_path / "h.json", settings)
+                            tmp_path / "m.pt", tmp_path / "h.json", settings,
+                            classifier=spy_classifier)
     assert len(history) == 2 and all(np.isfinite(h["loss"]) for h in history)
     assert len(pasted) == len(seen) == 2 * (len(ids) // TRAIN["batch_size"])
     share = []
@@ -987,7 +1007,7 @@ def test_csd_and_cda_train_in_bf16_with_csds_losses_in_float32(voc, tmp_path, mo
                       bg.loss.dtype, torch.is_autocast_enabled("cpu")))
         return fg, bg
 
-    monkeypatch.setattr(decoupling, "csd_cells", spy)
+    monkeypatch.setattr("csd.methods.csd.train.csd_cells", spy)
     train = train_cam_csd if method == "csd" else train_cam_cda
     settings = dict(TRAIN, epochs=1, **({"csd": CSD} if method == "csd" else {"cda": CDA}))
     with layer_dtypes() as seen:

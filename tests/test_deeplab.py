@@ -11,13 +11,17 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from csd.deeplab import (DeepLabV2, build_deeplab, load_deeplab, param_groups,
-                         predict_logits)
-from csd.infer_seg import crf_refine, infer_deeplab, segment
-from csd.voc import ARCHIVE_DIR, pack_test_archive
-from csd.io import save_png, save_torch
-from csd.train_seg import epochs_for, train_deeplab
-from csd.voc import load_label_png, palette
+from csd.data.voc import ARCHIVE_DIR, load_label_png, pack_test_archive, palette
+from csd.runtime.io import save_png, save_torch
+from csd.seg.deeplab import (
+    DeepLabV2,
+    build_deeplab,
+    load_deeplab,
+    param_groups,
+    predict_logits,
+)
+from csd.seg.infer_seg import crf_refine, infer_deeplab, segment
+from csd.seg.train_seg import epochs_for, train_deeplab
 from tests.conftest import RECORD, layer_dtypes, make_voc
 from tests.test_cam import Killed, kill_after_first_epoch
 

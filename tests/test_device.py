@@ -8,11 +8,11 @@ import textwrap
 
 import pytest
 
-from csd.device import claim_device
+from csd.runtime.device import claim_device
 
 CLAIM = textwrap.dedent("""
     import sys, time
-    from csd.device import claim_device
+    from csd.runtime.device import claim_device
     claim_device({locks!r})
     sys.stdout.flush()
     time.sleep(float(sys.argv[1]))
@@ -124,7 +124,7 @@ SNAKEFILE = textwrap.dedent("""
         resources: gpu=1
         run:
             import time
-            from csd.device import claim_device
+            from csd.runtime.device import claim_device
             lines = []
             claim_device("locks", log=lines.append)
             start = time.time()

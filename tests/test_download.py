@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from csd.download import download, extract, fetch_voc, md5sum
+from csd.data.download import download, extract, fetch_voc, md5sum
 
 PAYLOAD = bytes(range(256)) * 1000  # 256,000 bytes, several read chunks' worth of data
 

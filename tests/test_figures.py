@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from csd.figures import colorize, per_class_bars, training_curves
-from csd.metrics import seed_labels
+from csd.results.figures import colorize, per_class_bars, training_curves
+from csd.results.metrics import seed_labels
 
 
 def test_per_class_bars_writes_a_png_with_a_panel_per_kind(tmp_path):

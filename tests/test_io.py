@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from csd.io import job_key, pending, resumable_dirs, save_torch
+from csd.runtime.io import job_key, pending, resumable_dirs, save_torch
 
 
 def test_identical_checkpoints_are_byte_identical(tmp_path):

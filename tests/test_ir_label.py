@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from csd.io import save_npz
-from csd.ir_label import cam_to_ir_label, make_ir_labels
-from csd.voc import load_label_png
+from csd.data.voc import load_label_png
+from csd.irn.ir_label import cam_to_ir_label, make_ir_labels
+from csd.runtime.io import save_npz
 
 CRF = {"gt_prob": 0.7, "gaussian_sxy": 3, "gaussian_compat": 3, "bilateral_sxy": 50,
        "bilateral_srgb": 5, "bilateral_compat": 10, "iterations": 10}
@@ -106,7 +106,7 @@ def test_missing_cam_names_the_id_and_dirs(tmp_path):
 
 
 def test_shards_merge_into_one_directory(tmp_path):
-    from csd.store import merge_shards
+    from csd.runtime.store import merge_shards
 
     voc, ids, cam_dirs = write_fixture(tmp_path, n=3)
     (cam_dirs[0] / ".2007_000099.npz.x.part").write_bytes(b"unfinished")

@@ -8,15 +8,21 @@ import pytest
 import torch
 from PIL import Image
 
-from csd.backbone import normalize
-from csd.training import Checkpoint
-from csd.io import save_npz, save_png, save_torch
-from csd.irn import (EdgeNet, affinity_loss, downsample_label, edge_to_affinity,
-                     load_irn, pair_labels)
-from csd.make_sem_seg import edge_map, make_sem_seg
-from csd.random_walk import path_directions
-from csd.train_irn import train_irn
-from csd.voc import IGNORE, load_label_png, palette
+from csd.cam.backbone import normalize
+from csd.data.voc import IGNORE, load_label_png, palette
+from csd.irn.edge_net import (
+    EdgeNet,
+    affinity_loss,
+    downsample_label,
+    edge_to_affinity,
+    load_irn,
+    pair_labels,
+)
+from csd.irn.make_sem_seg import edge_map, make_sem_seg
+from csd.irn.random_walk import path_directions
+from csd.irn.train_irn import train_irn
+from csd.runtime.io import save_npz, save_png, save_torch
+from csd.runtime.training import Checkpoint
 from tests.conftest import RECORD, layer_dtypes
 
 BACKBONE = {"depth": 18, "pretrained": None, "strides": [2, 2, 2, 1]}

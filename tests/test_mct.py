@@ -1,4 +1,4 @@
-"""MCTformer-V2 (csd.mct, csd.train_mct): tokens, attention, position embeddings, DeiT
+"""MCTformer-V2 (csd.methods.mct.mctformer, csd.methods.mct.train_mct): tokens, attention, position embeddings, DeiT
 weights, CSD with the transformer classifier, training and make_cam on a tiny VOC tree."""
 
 import json
@@ -10,16 +10,19 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from csd.cam_net import CAMNet
-from csd.decoupling import PastePairs, Teacher, csd_losses, csd_step, train_cam_csd
-from csd.io import save_torch
-from csd.make_cam import make_cams
-from csd.mct import MCTformer, build_mct
-from csd.train_mct import MCT_CLASSIFIER, load_mct, train_mct
-from csd.transforms import train_transform
-from csd.voc import load_labels
+from csd.cam.cam_net import CAMNet
+from csd.cam.make_cam import make_cams
+from csd.data.transforms import train_transform
+from csd.data.voc import load_labels
+from csd.methods.csd.losses import csd_losses
+from csd.methods.csd.sampling import PastePairs
+from csd.methods.csd.train import Teacher, csd_step, train_cam_csd
+from csd.methods.mct.mctformer import MCTformer, build_mct
+from csd.methods.mct.train_mct import MCT_CLASSIFIER, load_mct, train_mct
+from csd.runtime.io import save_torch
 from tests.conftest import layer_dtypes, make_voc
-from tests.test_csd import CSD as RESNET_CSD, POOLED as RESNET_POOLED
+from tests.test_csd import CSD as RESNET_CSD
+from tests.test_csd import POOLED as RESNET_POOLED
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,7 +283,7 @@ def test_augmentation_is_timms_randaugment_and_survives_the_top_magnitude():
     from timm.data.auto_augment import RandAugment
     from timm.data.random_erasing import RandomErasing
 
-    from csd.train_mct import mct_transform
+    from csd.methods.mct.train_mct import mct_transform
 
     transform = mct_transform(dict(TRAIN, auto_augment="rand-m10-n3-inc1"))
     steps = {type(step) for step in transform.transform.transforms}

@@ -3,9 +3,15 @@ import json
 import numpy as np
 import pytest
 
-from csd.io import save_npz, save_png
-from csd.metrics import N_LABELS, confusion_matrix, eval_masks, eval_seeds, scores
-from csd.voc import palette
+from csd.data.voc import palette
+from csd.results.metrics import (
+    N_LABELS,
+    confusion_matrix,
+    eval_masks,
+    eval_seeds,
+    scores,
+)
+from csd.runtime.io import save_npz, save_png
 
 
 def test_scores_of_a_hand_made_confusion():

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from csd.copy_paste import train_cam_cda
-from csd.decoupling import train_cam_csd
-from csd.deeplab import load_deeplab, predict_logits
-from csd.irn import downsample_label, edge_to_affinity, load_irn, pair_labels
-from csd.metrics import confusion_matrix, scores
-from csd.train_cam import load_cam_net, train_cam
-from csd.train_irn import train_irn
-from csd.train_mct import load_mct, train_mct
-from csd.train_seg import train_deeplab
-from csd.transforms import eval_transform
-from csd.voc import VOCDataset, load_labels
+from csd.cam.train_cam import load_cam_net, train_cam
+from csd.data.transforms import eval_transform
+from csd.data.voc import VOCDataset, load_labels
+from csd.irn.edge_net import downsample_label, edge_to_affinity, load_irn, pair_labels
+from csd.irn.train_irn import train_irn
+from csd.methods.cda import train_cam_cda
+from csd.methods.csd.train import train_cam_csd
+from csd.methods.mct.train_mct import load_mct, train_mct
+from csd.results.metrics import confusion_matrix, scores
+from csd.seg.deeplab import load_deeplab, predict_logits
+from csd.seg.train_seg import train_deeplab
 from tests.conftest import COLOURS, make_voc
 from tests.test_csd import CSD
 

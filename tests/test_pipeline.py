@@ -8,9 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
-from csd.metrics import confusion_matrix, scores
-from csd.table import train_cpu_seconds
-from csd.voc import load_label_png
+from csd.data.voc import load_label_png
+from csd.results.metrics import confusion_matrix, scores
+from csd.results.table import train_cpu_seconds
 from tests.conftest import TINY, planned_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.workflow
@@ -168,7 +168,7 @@ def jobs_after_editing(run, module):
 
 
 def test_editing_a_stage_module_reruns_that_stage(run):
-    jobs = jobs_after_editing(run, "csd/make_sem_seg.py")
+    jobs = jobs_after_editing(run, "csd/irn/make_sem_seg.py")
     assert {rule for rule, method in jobs if method == "irn"} == {
         "make_sem_seg", "merge_shards", "eval_sem_seg"} | SEGMENTATION
     # irn's masks are the round-0 masks of CSD and CDA: their classifiers rerun too.
@@ -176,17 +176,17 @@ def test_editing_a_stage_module_reruns_that_stage(run):
 
 
 def test_editing_csd_code_reruns_only_the_csd_classifier_and_what_follows(run):
-    jobs = jobs_after_editing(run, "csd/decoupling.py")
+    jobs = jobs_after_editing(run, "csd/methods/csd/train.py")
     assert ("train_cam", "irn_csd") in jobs and ("train_cam", "mct_csd") in jobs
     assert {m for _, m in jobs} == {"irn_csd", "mct_csd", None}
 
 
 def test_editing_the_transformer_reruns_only_the_mctformer_runs(run):
-    jobs = jobs_after_editing(run, "csd/mct.py")
+    jobs = jobs_after_editing(run, "csd/methods/mct/mctformer.py")
     assert {("train_cam", "mct"), ("make_cam", "mct"), ("train_cam", "mct_csd")} <= jobs
     assert {m for _, m in jobs} == {"mct", "mct_csd", None}
     # IRN's backbone for MCTformer runs is not the classifier's: no cam_model.pt input
-    jobs = jobs_after_editing(run, "csd/train_irn.py")
+    jobs = jobs_after_editing(run, "csd/irn/train_irn.py")
     assert {("train_irn", m) for m in TINY["methods"]} <= jobs
 
 

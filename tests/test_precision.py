@@ -1,4 +1,4 @@
-"""csd.precision: the precision chosen per device and CPU (capabilities mocked), and the
+"""csd.runtime.precision: the precision chosen per device and CPU (capabilities mocked), and the
 training loop under autocast: what computes in bfloat16, what stays float32, what stops."""
 
 import json
@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-import csd.precision as precision
-from csd import training
-from csd.training import fit
+import csd.runtime.precision as precision
+from csd.runtime import training
+from csd.runtime.training import fit
 from tests.conftest import layer_dtypes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,16 +1,16 @@
-"""Procedural pretraining (csd.pretrain) and the CAM-cells statistic (csd.cam_cells)."""
+"""Procedural pretraining (csd.toyvoc.pretrain) and the CAM-cells statistic (csd.cam.cam_cells)."""
 
 import numpy as np
 import pytest
 import torch
 
-from csd.backbone import load_resnet
-from csd.cam_cells import cam_cells, output_stride
-from csd.cam_net import CAMNet
-from csd.io import load_json, save_png
-from csd.pretrain import NUM_TARGETS, pretrain_backbone, render_set
-from csd.toyvoc import CONTEXTS, plan_image
-from csd.voc import CLASSES, IGNORE, palette
+from csd.cam.backbone import load_resnet
+from csd.cam.cam_cells import cam_cells, output_stride
+from csd.cam.cam_net import CAMNet
+from csd.data.voc import CLASSES, IGNORE, palette
+from csd.runtime.io import load_json, save_png
+from csd.toyvoc.pretrain import NUM_TARGETS, pretrain_backbone, render_set
+from csd.toyvoc.world import CONTEXTS, plan_image
 from tests.conftest import layer_dtypes
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from csd.random_walk import (
+from csd.irn.random_walk import (
     affinity_maps,
     affinity_matrix,
     path_directions,

@@ -58,7 +58,7 @@ def edited(path, old, new):
 def test_a_code_edit_is_a_params_change(stand_in):
     run = stand_in["run"]
     assert nothing_to_do(run("-n"))
-    with edited(stand_in["repo"] / "csd/metrics.py", "\nimport", "\n_EDITED = True\nimport"):
+    with edited(stand_in["repo"] / "csd/results/metrics.py", "\nimport", "\n_EDITED = True\nimport"):
         # the repository's profile, and Snakemake's own default rerun triggers (all)
         for text in (run("-n").stdout, run("-n", "--workflow-profile", "none").stdout):
             rules = re.search(r"params have changed since last execution:\n\s+(.*)", text)
@@ -67,7 +67,7 @@ def test_a_code_edit_is_a_params_change(stand_in):
 
 def test_comments_docstrings_and_new_file_dates_plan_nothing(stand_in):
     repo, run = stand_in["repo"], stand_in["run"]
-    io, script = repo / "csd/io.py", repo / "workflow/scripts/eval_cam.py"
+    io, script = repo / "csd/runtime/io.py", repo / "workflow/scripts/eval_cam.py"
     first_line = io.read_text().splitlines()[0]
     with edited(io, first_line, f"{first_line[:-3]} (edited).\"\"\"\n# a new comment"), \
             edited(script, "import sys", "import sys  # a comment in a workflow script"):
@@ -135,8 +135,8 @@ def test_only_another_archive_reruns_the_download_and_it_keeps_the_tree(stand_in
 
     # Its code, the code it imports, its script: none makes it planned.
     repo = stand_in["repo"]
-    with edited(repo / "csd/download.py", "\nimport", "\n_EDITED = True\nimport"), \
-            edited(repo / "csd/io.py", "\nimport", "\n_EDITED = True\nimport"), \
+    with edited(repo / "csd/data/download.py", "\nimport", "\n_EDITED = True\nimport"), \
+            edited(repo / "csd/runtime/io.py", "\nimport", "\n_EDITED = True\nimport"), \
             edited(repo / "workflow/scripts/fetch_voc.py", "\nwith", "\n_EDITED = True\nwith"):
         jobs = planned_jobs(run("-n", configs=[config]))
     assert ("build_splits", None) in jobs and ("fetch_voc", None) not in jobs

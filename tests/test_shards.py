@@ -1,22 +1,22 @@
 """Sharding changes nothing: each per-image stage (make_cam, cam_to_ir_label, make_sem_seg,
-infer_seg) run as 2 shards and merged (csd.runner.shard + csd.store.merge_shards, as the
+infer_seg) run as 2 shards and merged (csd.runtime.runner.shard + csd.runtime.store.merge_shards, as the
 workflow does) gives exactly the files of a 1-shard run."""
 
 import numpy as np
 import pytest
 import torch
 
-from csd.cam_net import CAMNet
-from csd.deeplab import build_deeplab
-from csd.infer_seg import infer_deeplab
-from csd.io import save_torch
-from csd.ir_label import make_ir_labels
-from csd.irn import EdgeNet
-from csd.make_cam import make_cams
-from csd.make_sem_seg import make_sem_seg
-from csd.runner import shard
-from csd.store import merge_shards
-from csd.voc import load_label_png
+from csd.cam.cam_net import CAMNet
+from csd.cam.make_cam import make_cams
+from csd.data.voc import load_label_png
+from csd.irn.edge_net import EdgeNet
+from csd.irn.ir_label import make_ir_labels
+from csd.irn.make_sem_seg import make_sem_seg
+from csd.runtime.io import save_torch
+from csd.runtime.runner import shard
+from csd.runtime.store import merge_shards
+from csd.seg.deeplab import build_deeplab
+from csd.seg.infer_seg import infer_deeplab
 from tests.conftest import make_voc
 from tests.test_cam import BACKBONE as CAM_BACKBONE
 from tests.test_deeplab import INFER, MODEL

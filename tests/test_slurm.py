@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, write_config
-from tests.slurm_cluster import SlurmCluster, install, snakemake_on_slurm, submitted_jobs
+from tests.slurm_cluster import (
+    SlurmCluster,
+    install,
+    snakemake_on_slurm,
+    submitted_jobs,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.workflow]
 
@@ -50,7 +55,7 @@ def slurm_run(cluster, tmp_path_factory):
     work = base / "work"
     work.mkdir()
     config = write_config(base / "tiny.yaml", dict(TINY, methods=["irn"]))
-    # CSD_FAKE_GPUS: csd.device logs the device SLURM gave each GPU job (compute stays on CPU)
+    # CSD_FAKE_GPUS: csd.runtime.device logs the device SLURM gave each GPU job (compute stays on CPU)
     cluster.env["CSD_FAKE_GPUS"] = "2"
     proc = snakemake_on_slurm(cluster, work, config, limit=1500)
     assert proc.returncode == 0, (f"rc {proc.returncode}\n{proc.stderr[-6000:]}\n"
@@ -69,7 +74,7 @@ def test_every_compute_job_went_through_slurm_and_only_those(slurm_run):
 
 def test_gpu_jobs_got_a_slurm_gpu(slurm_run):
     """Each GPU rule's job ran with CUDA_VISIBLE_DEVICES set by SLURM's GRES (one of the two
-    fake devices), so csd.device used it instead of claiming a lock."""
+    fake devices), so csd.runtime.device used it instead of claiming a lock."""
     logs = slurm_run["work"] / "logs/irn/seed0"
     seen = set()
     for name in GPU_LOGS:

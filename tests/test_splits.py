@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from csd.splits import build_splits
-from csd.voc import CLASSES, load_labels, read_ids
+from csd.data.splits import build_splits
+from csd.data.voc import CLASSES, load_labels, read_ids
 
 # id -> object names in its XML ("person+head" = a person with a <part> named head)
 OBJECTS = {

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from csd.table import LEADING_COLUMNS, write_table
+from csd.results.table import LEADING_COLUMNS, write_table
 from tests.conftest import REPO
 
 

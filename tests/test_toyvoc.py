@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from csd import toyvoc
-from csd.voc import CLASSES, read_ids
+from csd.data.voc import CLASSES, read_ids
+from csd.toyvoc.generate import generate
+from csd.toyvoc.render import render_image
+from csd.toyvoc.world import CONTEXTS, PREFERRED_CONTEXT, plan_image
 
 
 def settings(**overrides):
@@ -28,7 +30,7 @@ def tree_bytes(root):
 @pytest.fixture(scope="module")
 def small_tree(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy") / "toyvoc"
-    summary = toyvoc.generate(root, settings())
+    summary = generate(root, settings())
     return root, summary
 
 
@@ -40,7 +42,7 @@ def biased_and_control(tmp_path_factory):
         root = tmp_path_factory.mktemp(f"toy_s{s}") / "toyvoc"
         cfg = settings(n_train=150, n_val=60, n_test=0, n_sbd_train=90, n_sbd_val=0,
                        size_min=64, size_max=80, context_strength=s, seed=3)
-        toyvoc.generate(root, cfg)
+        generate(root, cfg)
         out[s] = json.loads((root / "toyvoc_meta.json").read_text())
     return out
 
@@ -48,10 +50,10 @@ def biased_and_control(tmp_path_factory):
 def test_same_seed_same_bytes_other_seed_differs(small_tree, tmp_path):
     root, _ = small_tree
     first = tree_bytes(root)
-    toyvoc.generate(tmp_path / "again", settings())
+    generate(tmp_path / "again", settings())
     assert tree_bytes(tmp_path / "again") == first
     # Regenerating over an existing tree replaces it in place and leaves no temp dirs.
-    toyvoc.generate(tmp_path / "again", settings(seed=1))
+    generate(tmp_path / "again", settings(seed=1))
     other = tree_bytes(tmp_path / "again")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
     jpegs = [k for k in first if k.endswith(".jpg")]
@@ -115,7 +117,7 @@ def test_instance_masks_split_the_class_masks_into_the_annotated_objects(small_t
 
 
 def test_void_band_width(tmp_path):
-    thin = toyvoc.generate(tmp_path / "a", settings(void_width=0, n_sbd_train=0, n_sbd_val=0, n_test=0))
+    thin = generate(tmp_path / "a", settings(void_width=0, n_sbd_train=0, n_sbd_val=0, n_test=0))
     assert thin["n_images"] == 20
     png = next((tmp_path / "a" / "VOCdevkit" / "VOC2012" / "SegmentationClass").glob("*.png"))
     assert 255 not in np.asarray(Image.open(png))
@@ -123,18 +125,18 @@ def test_void_band_width(tmp_path):
 
 def test_bad_settings_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="context_strength"):
-        toyvoc.generate(tmp_path / "x", settings(context_strength=1.5))
+        generate(tmp_path / "x", settings(context_strength=1.5))
     with pytest.raises(ValueError, match="jpeg_quality"):
-        toyvoc.generate(tmp_path / "x", settings(jpeg_quality=0))
+        generate(tmp_path / "x", settings(jpeg_quality=0))
     cfg = settings()
     del cfg["void_width"]
     with pytest.raises(ValueError, match="void_width"):
-        toyvoc.generate(tmp_path / "x", cfg)
+        generate(tmp_path / "x", cfg)
     assert not (tmp_path / "x").exists()
 
 
 def test_failure_leaves_old_tree_untouched(small_tree, tmp_path, monkeypatch):
-    toyvoc.generate(tmp_path / "t", settings(n_sbd_train=0, n_sbd_val=0, n_test=0))
+    generate(tmp_path / "t", settings(n_sbd_train=0, n_sbd_val=0, n_test=0))
     before = tree_bytes(tmp_path / "t")
     calls = []
 
@@ -144,18 +146,18 @@ def test_failure_leaves_old_tree_untouched(small_tree, tmp_path, monkeypatch):
             raise RuntimeError("killed")
         return real(cfg, plan)
 
-    real = toyvoc.render_image
-    monkeypatch.setattr(toyvoc, "render_image", broken)
+    real = render_image
+    monkeypatch.setattr("csd.toyvoc.generate.render_image", broken)
     with pytest.raises(RuntimeError):
-        toyvoc.generate(tmp_path / "t", settings(seed=5))
+        generate(tmp_path / "t", settings(seed=5))
     assert tree_bytes(tmp_path / "t") == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t"]
 
 
 def test_objects_do_not_depend_on_context_strength():
     for index in range(60):
-        a = toyvoc.plan_image(settings(context_strength=0.0), index)
-        b = toyvoc.plan_image(settings(context_strength=1.0), index)
+        a = plan_image(settings(context_strength=0.0), index)
+        b = plan_image(settings(context_strength=1.0), index)
         assert (a["width"], a["height"], a["main"], len(a["instances"])) == \
                (b["width"], b["height"], b["main"], len(b["instances"]))
         if a["classes"] == b["classes"]:
@@ -164,23 +166,23 @@ def test_objects_do_not_depend_on_context_strength():
 
 
 def test_label_and_context_statistics(biased_and_control):
-    n_contexts = len(toyvoc.CONTEXTS)
+    n_contexts = len(CONTEXTS)
     for s, meta in biased_and_control.items():
         images, summary = meta["images"], meta["summary"]
         assert len(images) == 300
         single = np.mean([len(r["classes"]) == 1 for r in images])
         assert abs(single - 0.5) < 0.09
         assert summary["single_label_fraction"] == pytest.approx(single)
-        preferred = np.mean([r["context"] == toyvoc.PREFERRED_CONTEXT[r["main_class"]] for r in images])
+        preferred = np.mean([r["context"] == PREFERRED_CONTEXT[r["main_class"]] for r in images])
         assert summary["preferred_context_fraction"] == pytest.approx(preferred)
         # Binomial sd at n = 300 is at most 0.018: 0.055 is three of them.
         assert abs(preferred - (s + (1 - s) / n_contexts)) < 0.055
         contexts = [r["context"] for r in images]
-        assert set(contexts) == set(toyvoc.CONTEXTS)
+        assert set(contexts) == set(CONTEXTS)
     # The unbiased control has no context preference for any frequent class either.
     control = biased_and_control[0.0]["summary"]
     table = np.asarray(control["class_context_counts"])
-    per_class_pref = [table[c, toyvoc.CONTEXTS.index(toyvoc.PREFERRED_CONTEXT[name])] / table[c].sum()
+    per_class_pref = [table[c, CONTEXTS.index(PREFERRED_CONTEXT[name])] / table[c].sum()
                       for c, name in enumerate(CLASSES)]
     assert np.mean(per_class_pref) < 0.1 + 0.06
     # At s = 0.9 the poster's shortcuts are nearly class-specific.

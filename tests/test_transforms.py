@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 from torchvision import tv_tensors
 
-from csd.transforms import RandomResize, pil_nearest_index
+from csd.data.transforms import RandomResize, pil_nearest_index
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

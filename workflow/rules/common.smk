@@ -2,9 +2,10 @@
 import shutil
 from pathlib import Path
 
-from csd.codehash import code_version
-from csd.config import voc_root as csd_voc_root
-from csd.download import archive_ids, md5sum
+from csd.runtime.codehash import code_version
+from csd.runtime.config import voc_root as csd_voc_root
+from csd.data.download import archive_ids, md5sum
+from csd.methods.registry import CLASSIFIERS, METHODS
 
 REPO = Path(workflow.basedir)
 DATA = config["data_dir"]
@@ -21,28 +22,11 @@ ENV = "../../envs/csd.yaml"  # relative to workflow/rules/
 GPU = 1 if shutil.which("nvidia-smi") else 0
 
 
-# How each method trains its classifier: `base` is the method whose round-0 pseudo masks
-# (same seed) it trains on, `regime` the config section with its extra settings, `module`
-# the csd module that trains it (part of the rule's code identity), `classifier` the
-# network (CLASSIFIERS). Everything after the CAMs is the same for every method.
-METHODS = {
-    "irn": {"base": None, "regime": None, "module": "train_cam", "classifier": "cam"},
-    "irn_csd": {"base": "irn", "regime": "csd", "module": "decoupling", "classifier": "cam"},
-    "irn_cda": {"base": "irn", "regime": "cda", "module": "copy_paste", "classifier": "cam"},
-    "mct": {"base": None, "regime": None, "module": "train_mct", "classifier": "mct"},
-    "mct_csd": {"base": "mct", "regime": "csd", "module": "decoupling", "classifier": "mct"},
-}
-# Classifier kinds: the config section with their training settings and their csd module.
-# A section `<section>_<kind>` (e.g. csd_mct, make_cam_mct) overrides keys of `<section>`
-# for the methods of that kind.
-CLASSIFIERS = {
-    "cam": {"settings": "train_cam", "module": "train_cam"},
-    "mct": {"settings": "train_mct", "module": "train_mct"},
-}
+# Methods and classifier kinds: csd/methods/registry.py (each declared once there).
 
 
 def classifier_of(w):
-    return METHODS[w.method]["classifier"]
+    return METHODS[w.method].classifier
 
 
 def for_classifier(section, kind):
@@ -58,9 +42,10 @@ wildcard_constraints:
 
 def code_of(script, *modules):
     """A rule's code identity, as a param: the hash of workflow/scripts/<script>.py and of the
-    csd modules it runs (those it imports, `modules` where it picks one in a branch, and
-    their csd imports), comments and docstrings left out (csd/codehash.py). Not file
-    inputs: those would rerun every stage on a comment edit or on new file dates."""
+    csd modules it runs (those it imports; `modules`, dotted names, that it loads from a
+    registry reference; and their csd imports), comments and docstrings left out
+    (csd/runtime/codehash.py). Not file inputs: those would rerun every stage on a comment
+    edit or on new file dates."""
     return code_version(REPO / "csd", modules, [REPO / "workflow" / "scripts" / f"{script}.py"])
 
 
@@ -124,8 +109,8 @@ def classifier_settings(w):
     """The classifier's training settings for a method (train_cam or train_mct): the run's
     seed, plus the method's own section (so that a CSD setting reruns only the CSD runs)."""
     kind = classifier_of(w)
-    settings = dict(config[CLASSIFIERS[kind]["settings"]], seed=int(w.seed))
-    regime = METHODS[w.method]["regime"]
+    settings = dict(config[CLASSIFIERS[kind].settings], seed=int(w.seed))
+    regime = METHODS[w.method].regime
     if regime:
         settings[regime] = for_classifier(regime, kind)
     return settings
@@ -134,8 +119,7 @@ def classifier_settings(w):
 def classifier_code(w):
     """train_cam's code: the modules that train the method's classifier (its own, and its
     classifier kind's), not those of the other methods."""
-    return code_of("train_cam", METHODS[w.method]["module"],
-                   CLASSIFIERS[classifier_of(w)]["module"])
+    return code_of("train_cam", METHODS[w.method].module, CLASSIFIERS[classifier_of(w)].module)
 
 
 def resnet_stage_settings(stage):
@@ -177,13 +161,13 @@ def pretrained_input(stage):
 
 def classifier_pretrained(w):
     """An input function: the weights file a method's classifier starts from."""
-    section = config[CLASSIFIERS[classifier_of(w)]["settings"]]
+    section = config[CLASSIFIERS[classifier_of(w)].settings]
     return weights_file(section.get("backbone", section.get("model"))["pretrained"])
 
 
 def round0_masks(w):
     """The base method's train_aug pseudo masks that CSD and CDA train on (none for irn)."""
-    base = METHODS[w.method]["base"]
+    base = METHODS[w.method].base
     return [f"{RESULTS}/{base}/seed{w.seed}/mask/all"] if base else []
 
 
@@ -191,7 +175,7 @@ def round0_masks(w):
 # the longest chain first. Round 1 (CSD, CDA) waits on its base method's pseudo masks, so a
 # base run's stages up to its masks go first (2), then every other run's (1), then DeepLab
 # and its inference (0), which nothing but the table waits on. No output changes.
-BASES = {METHODS[m]["base"] for m in config["methods"]} - {None}
+BASES = {METHODS[m].base for m in config["methods"]} - {None}
 MASK_KINDS = ("cam", "ir_label", "mask")
 
 
@@ -235,7 +219,7 @@ def threads_setting(stage=None):
 
 
 def precision_of(stage):
-    """A stage's precision setting (csd.precision): its own `precision`, else the global
+    """A stage's precision setting (csd.runtime.precision): its own `precision`, else the global
     one. A param of the torch rules, so a new setting reruns what it changes; `auto` is
     resolved by the job on the machine it runs on."""
     own = config[stage].get("precision")

@@ -20,10 +20,10 @@ rule train_cam:
         code=classifier_code,
         threads=threads_setting(),
         voc_root=voc_root(),
-        regime=lambda w: METHODS[w.method]["regime"],
-        classifier=classifier_of,
+        trainer=lambda w: METHODS[w.method].trainer,
+        classifier=lambda w: CLASSIFIERS[classifier_of(w)].interface,
         settings=classifier_settings,
-        precision=lambda w: precision_of(CLASSIFIERS[classifier_of(w)]["settings"]),
+        precision=lambda w: precision_of(CLASSIFIERS[classifier_of(w)].settings),
         lock_dir=config["gpu_lock_dir"],
     threads: job_threads()
     resources:
@@ -47,11 +47,11 @@ rule make_cam:
         ids=f"{SPLITS}/train_aug.txt",
         labels=f"{SPLITS}/labels.csv",
     params:
-        code=lambda w: code_of("make_cam", CLASSIFIERS[classifier_of(w)]["module"]),
+        code=lambda w: code_of("make_cam", CLASSIFIERS[classifier_of(w)].module),
         threads=threads_setting(),
         voc_root=voc_root(),
         settings=lambda w: for_classifier("make_cam", classifier_of(w)),
-        classifier=classifier_of,
+        classifier=lambda w: CLASSIFIERS[classifier_of(w)].interface,
         shard=shard_of("make_cam"),
         precision=precision_of("make_cam"),
         lock_dir=config["gpu_lock_dir"],

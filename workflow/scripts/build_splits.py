@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from csd.runner import job
-from csd.splits import build_splits
+from csd.data.splits import build_splits
+from csd.runtime.runner import job
 
 with job(snakemake):
     build_splits(snakemake.params.voc_root, snakemake.params.sbd_root,

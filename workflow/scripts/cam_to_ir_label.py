@@ -1,7 +1,7 @@
-from csd.io import resumable_outputs
-from csd.ir_label import make_ir_labels
-from csd.runner import job, shard
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.irn.ir_label import make_ir_labels
+from csd.runtime.io import resumable_outputs
+from csd.runtime.runner import job, shard
 
 with job(snakemake), resumable_outputs(snakemake) as (out,):
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)

@@ -1,6 +1,6 @@
-from csd.metrics import eval_seeds
-from csd.runner import job
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.results.metrics import eval_seeds
+from csd.runtime.runner import job
 
 with job(snakemake):
     eval_seeds(snakemake.params.voc_root, read_ids(snakemake.input.ids), [snakemake.input.cams],

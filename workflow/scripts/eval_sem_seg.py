@@ -1,6 +1,6 @@
-from csd.metrics import eval_masks
-from csd.runner import job
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.results.metrics import eval_masks
+from csd.runtime.runner import job
 
 with job(snakemake):
     ids = read_ids(snakemake.input.ids, snakemake.params.allow_empty)

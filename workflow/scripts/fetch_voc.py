@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from csd.download import fetch_voc
-from csd.io import save_json
-from csd.runner import job
+from csd.data.download import fetch_voc
+from csd.runtime.io import save_json
+from csd.runtime.runner import job
 
 # The config, not params: only the archives' identity (params.archives) may rerun this rule;
 # where they come from and where they are kept may change freely.

@@ -1,5 +1,5 @@
-from csd.figures import per_class_bars, training_curves
-from csd.runner import job
+from csd.results.figures import per_class_bars, training_curves
+from csd.runtime.runner import job
 
 with job(snakemake):
     per_class_bars(snakemake.input.per_class, snakemake.output.per_class)

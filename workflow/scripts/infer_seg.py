@@ -1,8 +1,8 @@
-from csd.device import claim_device
-from csd.infer_seg import infer_deeplab
-from csd.io import resumable_outputs
-from csd.runner import job, shard
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.runtime.device import claim_device
+from csd.runtime.io import resumable_outputs
+from csd.runtime.runner import job, shard
+from csd.seg.infer_seg import infer_deeplab
 
 with job(snakemake), resumable_outputs(snakemake) as (raw, crf):
     ids = shard(read_ids(snakemake.input.ids, snakemake.params.allow_empty),

@@ -1,21 +1,13 @@
-from functools import partial
-
-from csd.device import claim_device
-from csd.io import resumable_outputs
-from csd.make_cam import make_cams
-from csd.runner import job, shard
-from csd.train_cam import load_cam_net
-from csd.voc import read_ids
+from csd.cam.make_cam import make_cams
+from csd.data.voc import read_ids
+from csd.runtime.device import claim_device
+from csd.runtime.io import resumable_outputs
+from csd.runtime.runner import job, load, shard
 
 settings = snakemake.params.settings
 with job(snakemake), resumable_outputs(snakemake) as (out,):
-    if snakemake.params.classifier == "mct":
-        from csd.train_mct import load_mct
-
-        load = partial(load_mct, cam_layers=settings["cam_layers"], refine=settings["refine"])
-    else:
-        load = load_cam_net
+    classifier = load(snakemake.params.classifier)  # the method's kind (registry)
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)
     make_cams(snakemake.params.voc_root, ids, snakemake.input.labels, snakemake.input.model,
-              out, settings, device=claim_device(snakemake.params.lock_dir), load=load,
-              precision=snakemake.params.precision)
+              out, settings, device=claim_device(snakemake.params.lock_dir),
+              load=classifier.loader(settings), precision=snakemake.params.precision)

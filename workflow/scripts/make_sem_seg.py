@@ -1,8 +1,8 @@
-from csd.device import claim_device
-from csd.io import resumable_outputs
-from csd.make_sem_seg import make_sem_seg
-from csd.runner import job, shard
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.irn.make_sem_seg import make_sem_seg
+from csd.runtime.device import claim_device
+from csd.runtime.io import resumable_outputs
+from csd.runtime.runner import job, shard
 
 with job(snakemake), resumable_outputs(snakemake) as (out,):
     ids = shard(read_ids(snakemake.input.ids), *snakemake.params.shard)

@@ -1,6 +1,6 @@
-from csd.figures import overlays
-from csd.runner import job
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.results.figures import overlays
+from csd.runtime.runner import job
 
 with job(snakemake):
     ids = read_ids(snakemake.input.ids)[: snakemake.params.n_images]

@@ -1,6 +1,6 @@
-from csd.device import claim_device
-from csd.pretrain import pretrain_backbone
-from csd.runner import job
+from csd.runtime.device import claim_device
+from csd.runtime.runner import job
+from csd.toyvoc.pretrain import pretrain_backbone
 
 with job(snakemake):
     pretrain_backbone(snakemake.output.backbone, snakemake.output.model,

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from csd.runner import log_to
-from csd.table import write_table
+from csd.results.table import write_table
+from csd.runtime.runner import log_to
 
 with log_to(snakemake.log[0]):
     published = snakemake.params.literature  # a relative path is in the repository

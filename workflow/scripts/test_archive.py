@@ -1,6 +1,5 @@
-from csd.voc import pack_test_archive
-from csd.runner import job
-from csd.voc import read_ids
+from csd.data.voc import pack_test_archive, read_ids
+from csd.runtime.runner import job
 
 with job(snakemake):
     ids = read_ids(snakemake.input.ids, snakemake.params.allow_empty)

@@ -1,7 +1,7 @@
-from csd.device import claim_device
-from csd.runner import job
-from csd.train_irn import train_irn
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.irn.train_irn import train_irn
+from csd.runtime.device import claim_device
+from csd.runtime.runner import job
 
 with job(snakemake):
     train_irn(snakemake.params.voc_root, read_ids(snakemake.input.ids), snakemake.input.ir_labels,

@@ -1,7 +1,7 @@
-from csd.device import claim_device
-from csd.runner import job
-from csd.train_seg import train_deeplab
-from csd.voc import read_ids
+from csd.data.voc import read_ids
+from csd.runtime.device import claim_device
+from csd.runtime.runner import job
+from csd.seg.train_seg import train_deeplab
 
 with job(snakemake):
     train_deeplab(snakemake.params.voc_root, read_ids(snakemake.input.ids), snakemake.input.masks,

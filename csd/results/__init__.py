@@ -1,0 +1,1 @@
+"""Results: the metrics, the results table and the report's figures."""
