@@ -283,7 +283,7 @@ def test_make_cams_writes_the_flip_averaged_multiscale_maps(voc, cam_model, tmp_
                                atol=1e-6)
     with pytest.raises(KeyError, match=r"settings 'make_cam' lacks keys \['flip'\]"):
         make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, {"scales": [1.0]})
-    with pytest.raises(ValueError, match="settings 'make_cam.scales' is empty"):
+    with pytest.raises(ValueError, match=r"make_cam\.scales: \[\] should be non-empty"):
         make_cams(root, ids[1:2], root / "labels.csv", cam_model, out, dict(MAKE_CAM, scales=[]))
 
 

@@ -130,7 +130,7 @@ def test_bad_settings_name_the_key(tmp_path):
         generate(tmp_path / "x", settings(jpeg_quality=0))
     cfg = settings()
     del cfg["void_width"]
-    with pytest.raises(ValueError, match="void_width"):
+    with pytest.raises(KeyError, match=r"settings 'dataset.toyvoc' lacks keys \['void_width'\]"):
         generate(tmp_path / "x", cfg)
     assert not (tmp_path / "x").exists()
 

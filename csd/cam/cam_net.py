@@ -11,21 +11,15 @@ import torch.nn.functional as F
 
 from csd.cam.backbone import Backbone
 from csd.data.voc import NUM_CLASSES
+from csd.runtime.config import section
 
-BACKBONE_KEYS = ("depth", "pretrained", "strides", "frozen_stages", "freeze_bn")
 
-
-def build_backbone(settings_backbone, where="backbone"):
-    """A csd.cam.backbone.Backbone from a settings section with the keys in BACKBONE_KEYS."""
-    missing = [k for k in BACKBONE_KEYS if k not in settings_backbone]
-    if missing:
-        raise KeyError(f"settings '{where}' lacks keys {missing}")
-    strides = tuple(settings_backbone["strides"])
-    if len(strides) != 4:
-        raise ValueError(f"settings '{where}.strides' must list 4 strides, got {strides}")
+def build_backbone(settings_backbone):
+    """A csd.cam.backbone.Backbone from a train_cam.backbone settings section."""
+    section(settings_backbone, "train_cam.backbone")
     return Backbone(depth=settings_backbone["depth"],
                     pretrained=settings_backbone["pretrained"],
-                    strides=strides,
+                    strides=tuple(settings_backbone["strides"]),
                     frozen_stages=settings_backbone["frozen_stages"],
                     freeze_bn=settings_backbone["freeze_bn"])
 

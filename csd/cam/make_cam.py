@@ -22,11 +22,10 @@ from tqdm import tqdm
 from csd.cam.train_cam import load_cam_net
 from csd.data.transforms import eval_transform, rescale
 from csd.data.voc import VOCDataset, load_labels_for
+from csd.runtime.config import section
 from csd.runtime.io import pending, save_npz
 from csd.runtime.precision import autocast, inference_model
-from csd.runtime.training import require
 
-MAKE_CAM_KEYS = ("scales", "flip")
 EPS = 1e-5  # IRN's guard against dividing a silent CAM by zero
 
 
@@ -69,9 +68,7 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
     """Write `<out_dir>/<id>.npz` for every id (ids already written are skipped).
     load(model_path, device) -> a model whose `cam(x)` gives [B, 20, h, w] maps (CAMNet, or
     csd.methods.mct.train_mct.load_mct's MCTformer); it runs at `precision` (csd.runtime.precision)."""
-    require(settings, MAKE_CAM_KEYS, "make_cam")
-    if not settings["scales"]:
-        raise ValueError("settings 'make_cam.scales' is empty")
+    section(settings, "make_cam")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = pending("make_cam", ids, [out_dir], ".npz")

@@ -16,11 +16,8 @@ from csd.cam.cam_net import CAMNet
 from csd.data.transforms import train_transform
 from csd.data.voc import VOCDataset, load_labels_for
 from csd.methods.classifier import Classifier
-from csd.runtime.training import fit, require, seed_everything
-
-TRAIN_KEYS = ("seed", "backbone", "batch_size", "epochs", "lr", "classifier_lr_mult",
-              "weight_decay", "momentum", "poly_power", "resize_long", "crop", "flip",
-              "num_workers")
+from csd.runtime.config import section
+from csd.runtime.training import fit, seed_everything
 
 
 def make_optimizer(model, settings):
@@ -46,10 +43,7 @@ def setup(settings, ids, labels_csv, device, regime=None):
     """What every classifier training starts with (plain, or a pasting `regime`, "csd" or
     "cda", whose settings section must be there): checked settings, seeded RNGs, the image
     labels and the augmentation. Returns (ids, device, labels, transform)."""
-    require(settings, TRAIN_KEYS + ((regime,) if regime else ()), "train_cam")
-    if regime and not settings["crop"]:
-        raise ValueError(f"{regime} pastes between same-size crops: settings "
-                         "'train_cam.crop' must be set")
+    section(settings, "train_cam", nested=(regime,) if regime else ())
     ids = [str(i) for i in ids]
     seed_everything(settings["seed"])
     labels = load_labels_for(labels_csv, ids)

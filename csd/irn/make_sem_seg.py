@@ -20,12 +20,10 @@ from csd.cam.backbone import normalize
 from csd.data.voc import load_image, palette
 from csd.irn.edge_net import load_irn
 from csd.irn.random_walk import propagate, sem_seg_from_rw
+from csd.runtime.config import section
 from csd.runtime.io import pending, save_png
 from csd.runtime.precision import autocast, inference_model
 from csd.runtime.store import load_cam_pack
-from csd.runtime.training import require
-
-SEM_SEG_KEYS = ("radius", "beta", "exp_times", "bg_threshold", "pad_to_crop")
 
 
 @torch.inference_mode()
@@ -69,8 +67,10 @@ def make_sem_seg(voc_root, ids, cam_dirs, irn_model, out_dir, settings, device="
 
     Returns the number of PNGs written.
     """
-    require(settings, SEM_SEG_KEYS + (("crop",) if settings.get("pad_to_crop") else ()),
-            "make_sem_seg")
+    section(settings, "make_sem_seg")
+    if settings["pad_to_crop"] and "crop" not in settings:
+        raise KeyError("settings 'make_sem_seg' lacks keys ['crop'] (train_irn's, which "
+                       "pad_to_crop pads to)")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = pending("make_sem_seg", ids, [out_dir])

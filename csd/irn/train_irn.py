@@ -15,11 +15,8 @@ from csd.irn.edge_net import (
     edge_to_affinity,
     pair_labels,
 )
-from csd.runtime.training import fit, require, seed_everything
-
-TRAIN_KEYS = ("seed", "backbone", "batch_size", "epochs", "lr",
-              "weight_decay", "momentum", "poly_power", "scale_range", "crop", "flip",
-              "radius", "num_workers")
+from csd.runtime.config import section
+from csd.runtime.training import fit, seed_everything
 
 
 def irn_step(model, images, masks, radius):
@@ -37,8 +34,7 @@ def train_irn(voc_root, ids, ir_label_dir, model_out, history_out, settings, dev
     Writes {"model": state_dict, "settings": settings} to model_out and the history JSON
     (one {"epoch", "loss", "lr", "bg_pos", "fg_pos", "neg"} record per epoch).
     """
-    require(settings, TRAIN_KEYS, "train_irn")
-    require(settings["backbone"], ("depth", "pretrained", "strides"), "train_irn.backbone")
+    section(settings, "train_irn")
     device = torch.device(device)
     seed_everything(settings["seed"])
     dataset = mask_training_set(voc_root, ids, ir_label_dir, settings["scale_range"],

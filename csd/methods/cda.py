@@ -21,9 +21,7 @@ from torchvision.transforms.v2 import functional as TF
 from csd.cam.train_cam import CAM_CLASSIFIER
 from csd.data.transforms import MEAN, STD
 from csd.data.voc import NUM_CLASSES, VOCDataset, load_image, load_label_png
-from csd.runtime.training import require
-
-CDA_KEYS = ("area_range", "rotation", "size_range", "paste_fraction")
+from csd.runtime.config import section
 
 
 def instance_pool(ids, labels, mask_dir, area_range):
@@ -136,7 +134,7 @@ def train_cam_cda(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
     gives the logits."""
     ids, device, labels, transform = classifier.setup(settings, ids, labels_csv, device, "cda")
     cda = settings["cda"]
-    require(cda, CDA_KEYS, "cda")
+    section(cda, "cda")
     dataset = WithInstances(voc_root, ids, labels, Path(round0_mask_dir), transform,
                             settings["crop"], cda)
     model = classifier.build(settings).to(device)

@@ -1,13 +1,75 @@
 """Config validation with errors that name the key, before any job starts."""
 
+from copy import deepcopy
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
 
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
 
 class ConfigError(ValueError):
     pass
+
+
+@lru_cache(maxsize=None)
+def _schema():
+    return yaml.safe_load(SCHEMA.read_text())
+
+
+def _resolve(node, root):
+    """A schema node with a local `$ref` replaced by what it names (its own keys laid over)."""
+    while "$ref" in node:
+        target = root
+        for part in node["$ref"].lstrip("#/").split("/"):
+            target = target[part]
+        node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return node
+
+
+def section_schema(path):
+    """The schema of a config section, by its dotted path (train_cam, infer_seg.crf,
+    dataset.toyvoc), its `$ref`s resolved at the top."""
+    root = _schema()
+    node = root
+    for key in path.split("."):
+        node = _resolve(node, root).get("properties", {}).get(key)
+        if node is None:
+            raise KeyError(f"the schema ({SCHEMA.name}) has no section '{path}'")
+    return _resolve(node, root)
+
+
+def section(settings, path, nested=()):
+    """`settings`, checked against the schema's section `path` (the one declaration of its
+    keys, their types and ranges): a stage function is called without Snakemake too, so it
+    names what is wrong itself. A required key without a schema default that is missing is a
+    KeyError naming it; a value of the wrong type or out of range a ConfigError naming its
+    key. Keys the section does not declare pass: the workflow adds some (the run's `seed`,
+    a method's own section, the `<section>_<kind>` overlay). `nested`: sections that must be
+    in `settings` under their own name (a method's), each checked against its own schema."""
+    for name in nested:
+        if name not in settings:
+            raise KeyError(f"settings '{path}' lacks keys {[name]}")
+        section(settings[name], name)
+    schema = deepcopy(section_schema(path))
+    root = _schema()
+    properties = schema.get("properties", {})
+    optional = {k for k, v in properties.items() if "default" in _resolve(v, root)}
+    missing = [k for k in schema.get("required", []) if k not in settings and k not in optional]
+    if missing:
+        raise KeyError(f"settings '{path}' lacks keys {missing}")
+    schema.pop("additionalProperties", None)
+    schema["required"] = []
+    schema["$defs"] = root.get("$defs", {})
+    errors = sorted(Draft202012Validator(schema).iter_errors(settings),
+                    key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = [f"  {'.'.join([path, *map(str, e.absolute_path)])}: {e.message}"
+                 for e in errors]
+        raise ConfigError(f"invalid settings '{path}':\n" + "\n".join(lines))
+    return settings
 
 
 def choice(value, key, options):

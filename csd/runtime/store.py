@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-CAM_KEYS = ("keys", "cam", "high_res")
+CAM_FIELDS = ("keys", "cam", "high_res")
 
 
 def find_in_dirs(dirs, filename):
@@ -18,7 +18,7 @@ def find_in_dirs(dirs, filename):
     raise FileNotFoundError(f"{filename} not found in any of {[str(d) for d in dirs]}")
 
 
-def load_cam_pack(cam_dirs, image_id, fields=CAM_KEYS):
+def load_cam_pack(cam_dirs, image_id, fields=CAM_FIELDS):
     """One image's CAM file as {key: array}; `fields` picks the arrays to read."""
     path = find_in_dirs(cam_dirs, f"{image_id}.npz")
     with np.load(path) as npz:

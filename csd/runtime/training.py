@@ -16,13 +16,6 @@ from csd.runtime.io import save_json, save_torch
 from csd.runtime.precision import autocast, grad_scaler, prepare_model, resolve
 
 
-def require(settings, keys, section):
-    """Stage functions are called without Snakemake too: name missing keys plainly."""
-    missing = [k for k in keys if k not in settings]
-    if missing:
-        raise KeyError(f"settings '{section}' lacks keys {missing}")
-
-
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed)

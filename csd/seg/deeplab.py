@@ -13,7 +13,7 @@ import torchvision
 
 from csd.cam.backbone import load_resnet, set_stride_one
 from csd.data.voc import NUM_CLASSES
-from csd.runtime.training import require
+from csd.runtime.config import section
 
 N_OUT = NUM_CLASSES + 1  # background + 20 classes
 ARCHS = ("deeplab_v2", "deeplab_v3")
@@ -86,13 +86,11 @@ class DeepLabV3(nn.Module):
 def build_deeplab(settings, pretrained=None):
     """The model named by settings["arch"]; `pretrained` overrides settings' backbone one
     (None keeps it; rebuilding a trained model passes "none")."""
-    require(settings, ("arch", "backbone"), "deeplab")
-    require(settings["backbone"], ("depth", "pretrained", "freeze_bn"), "deeplab.backbone")
+    section(settings["backbone"], "train_seg.backbone")
     arch = settings["arch"]
     depth = settings["backbone"]["depth"]
     pretrained = settings["backbone"]["pretrained"] if pretrained is None else pretrained
     if arch == "deeplab_v2":
-        require(settings, ("aspp_rates",), "deeplab")
         return DeepLabV2(depth, pretrained, tuple(settings["aspp_rates"]),
                          freeze_bn=settings["backbone"]["freeze_bn"])
     if arch == "deeplab_v3":

@@ -17,15 +17,11 @@ from tqdm import tqdm
 from csd.cam.backbone import normalize
 from csd.data.transforms import rescale
 from csd.data.voc import VOCDataset, load_image, palette
+from csd.runtime.config import section
 from csd.runtime.io import pending, save_png
 from csd.runtime.precision import autocast, inference_model
-from csd.runtime.training import require
 from csd.seg.crf import crf_inference
 from csd.seg.deeplab import load_deeplab, predict_logits
-
-INFER_KEYS = ("scales", "flip", "crf")
-CRF_KEYS = ("gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
-            "bilateral_compat", "iterations")
 
 
 @torch.inference_mode()
@@ -53,7 +49,7 @@ def segment(model, image, settings, device="cpu", precision="fp32"):
 
 def crf_refine(image, probs, crf_settings):
     """Dense CRF on fused probabilities [21, H, W] -> refined probabilities [21, H, W]."""
-    require(crf_settings, CRF_KEYS, "infer_seg.crf")
+    section(crf_settings, "infer_seg.crf")
     return crf_inference(image, probs, crf_settings)
 
 
@@ -62,8 +58,7 @@ def infer_deeplab(voc_root, ids, model_path, out_dir, out_crf_dir, settings, dev
     """Write palette PNGs (labels 0..20) out_dir/<id>.png (raw) and out_crf_dir/<id>.png
     (after the CRF) for each id, the network at `precision` (csd.runtime.precision); returns the
     number of images processed."""
-    require(settings, INFER_KEYS, "infer_seg")
-    require(settings["crf"], CRF_KEYS, "infer_seg.crf")
+    section(settings, "infer_seg")
     out_dir, out_crf_dir = Path(out_dir), Path(out_crf_dir)
     for directory in (out_dir, out_crf_dir):
         directory.mkdir(parents=True, exist_ok=True)  # an empty shard still has its outputs

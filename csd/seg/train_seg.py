@@ -13,11 +13,9 @@ import torch.nn as nn
 
 from csd.data.transforms import mask_training_set
 from csd.data.voc import IGNORE
-from csd.runtime.training import fit, require, seed_everything
+from csd.runtime.config import section
+from csd.runtime.training import fit, seed_everything
 from csd.seg.deeplab import build_deeplab, param_groups, predict_logits
-
-TRAIN_KEYS = ("seed", "arch", "backbone", "batch_size", "iterations", "lr",
-              "weight_decay", "momentum", "poly_power", "scales", "crop", "flip", "num_workers")
 
 
 def epochs_for(iterations, n_images, batch_size):
@@ -32,7 +30,7 @@ def train_deeplab(voc_root, ids, mask_dir, model_out, history_out, settings, dev
     Writes {"model", "settings"} (settings with the derived `epochs`) to model_out and the
     history JSON (one {"epoch", "lr", "loss"} record per epoch) to history_out.
     """
-    require(settings, TRAIN_KEYS, "train_seg")
+    section(settings, "train_seg")
     if "epochs" in settings:
         raise ValueError("settings 'train_seg' counts 'iterations'; drop its 'epochs' key")
     ids = [str(i) for i in ids]

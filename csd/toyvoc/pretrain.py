@@ -28,14 +28,12 @@ from tqdm import tqdm
 from csd.cam.backbone import load_resnet
 from csd.data.transforms import train_transform
 from csd.data.voc import CLASSES
+from csd.runtime.config import section
 from csd.runtime.io import save_torch
-from csd.runtime.training import fit, require, seed_everything
+from csd.runtime.training import fit, seed_everything
 from csd.toyvoc.render import jpeg_bytes, render_image
 from csd.toyvoc.world import CONTEXTS, check_settings, plan_image
 
-PRETRAIN_KEYS = ("seed", "world", "n_images", "depth", "batch_size", "epochs", "lr",
-                 "momentum", "weight_decay", "poly_power", "resize_long", "crop", "flip",
-                 "num_workers")
 NUM_TARGETS = len(CLASSES) + len(CONTEXTS)
 
 
@@ -95,7 +93,7 @@ def pretrain_backbone(backbone_out, model_out, history_out, settings, benchmark_
     benchmark_seed: the generator seed of the benchmark the weights are for; the same seed
     would render the benchmark's own images, so it is refused.
     """
-    require(settings, PRETRAIN_KEYS, "pretrain_backbone")
+    section(settings, "pretrain_backbone")
     world = settings["world"]
     if benchmark_seed is not None and world["seed"] == benchmark_seed:
         raise ValueError(f"pretrain_backbone.world.seed ({world['seed']}) equals "

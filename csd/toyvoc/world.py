@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from csd.data.voc import CLASSES, NUM_CLASSES
+from csd.runtime.config import section
 from csd.toyvoc.shapes import shape_mask
 
 CONTEXTS = ("sky", "water", "rails", "road", "grass", "floor", "room", "snow", "sand", "forest")
@@ -61,36 +62,15 @@ APPEARANCE = {
     "tvmonitor": dict(shape="tv", texture="screen", colors=((25, 25, 30), (120, 200, 250), (60, 60, 65)), aspect=1.3, rotation=5),
 }
 
-# Extra checks beyond the type: (low, high) inclusive.
-_RANGES = {
-    "seed": (0, None), "n_train": (1, None), "n_val": (1, None), "n_test": (0, None),
-    "n_sbd_train": (0, None), "n_sbd_val": (0, None), "sbd_overlap": (0, None),
-    "size_min": (32, None), "size_max": (32, None), "context_strength": (0.0, 1.0),
-    "single_label_fraction": (0.0, 1.0), "max_classes": (1, NUM_CLASSES),
-    "max_instances": (1, 100), "object_min_frac": (0.0, 1.0), "object_max_frac": (0.0, 1.0),
-    "min_visible_frac": (0.0, 1.0), "void_width": (0, None), "jpeg_quality": (1, 100),
-}
-_INT_KEYS = {"seed", "n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap",
-             "size_min", "size_max", "max_classes", "max_instances", "void_width",
-             "jpeg_quality"}
-
 # Random streams per image (see module docstring).
 STREAM_LABELS, STREAM_GEOMETRY, STREAM_BACKGROUND, STREAM_LOOK = 0, 1, 2, 3
 
 
 def check_settings(settings):
-    """Raise ValueError naming the key for a missing, mistyped or out-of-range setting."""
-    for key, (low, high) in _RANGES.items():
-        if key not in settings:
-            raise ValueError(f"toyvoc settings: missing key '{key}'")
-        value = settings[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise ValueError(f"toyvoc settings: '{key}' must be a number, got {value!r}")
-        if key in _INT_KEYS and int(value) != value:
-            raise ValueError(f"toyvoc settings: '{key}' must be an integer, got {value!r}")
-        if (low is not None and value < low) or (high is not None and value > high):
-            raise ValueError(f"toyvoc settings: '{key}' = {value!r} outside [{low}, {high}]")
-    s = settings
+    """The schema's checks of dataset.toyvoc (csd.runtime.config.section: a missing key is a
+    KeyError, a mistyped or out-of-range one a ValueError naming it), then those between
+    keys, which a schema cannot state."""
+    s = section(settings, "dataset.toyvoc")
     if s["size_max"] < s["size_min"]:
         raise ValueError(f"toyvoc settings: 'size_max' ({s['size_max']}) < 'size_min' ({s['size_min']})")
     if not 0 < s["object_min_frac"] <= s["object_max_frac"]:

@@ -132,7 +132,7 @@ def resnet_stage_settings(stage):
 # by naming this path as its `backbone.pretrained`.
 PRETRAINED = f"{DATA}/pretrain/resnet{config['pretrain_backbone']['depth']}.pth"
 # toyvoc keys that only size the benchmark's splits: not part of the pretraining world.
-SPLIT_KEYS = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap")
+SPLIT_SIZES = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap")
 
 
 def pretrain_settings():
@@ -140,7 +140,7 @@ def pretrain_settings():
     context ties) with `pretrain_backbone.world` laid over it (its own generator seed)."""
     settings = {k: v for k, v in config["pretrain_backbone"].items()
                 if k not in ("threads", "precision")}
-    world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_KEYS}
+    world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_SIZES}
     settings["world"] = {**world, **settings["world"]}
     return settings
 

@@ -17,14 +17,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from csd.cam.train_cam import CAM_CLASSIFIER
 from csd.methods.csd.losses import csd_cells, reduce_cells
 from csd.methods.csd.sampling import PastePairs, paste, pasted_labels
-from csd.runtime.config import choice
+from csd.runtime.config import choice, section
 from csd.runtime.precision import float32, full_precision
-from csd.runtime.training import require
-
-CSD_KEYS = ("target", "temperature", "temperature_units", "teacher", "ema_decay",
-            "cam_units", "fg_temperature", "confidence", "bg_score", "bg_scale", "reduction",
-            "purity", "purity_bg", "purity_scale", "lambda_fg", "lambda_bg", "warmup_epochs",
-            "pasted_cls", "classifier_grad", "range_floor")
 
 
 def feature_gradient_norms(features, terms):
@@ -160,7 +154,7 @@ def train_cam_csd(voc_root, ids, labels_csv, round0_mask_dir, model_out, history
     classification_loss."""
     ids, device, labels, transform = classifier.setup(settings, ids, labels_csv, device, "csd")
     csd = settings["csd"]
-    require(csd, CSD_KEYS, "csd")
+    section(csd, "csd")
     dataset = PastePairs(voc_root, ids, labels, round0_mask_dir, transform,
                          target=csd["target"], temperature=csd["temperature"],
                          temperature_units=csd["temperature_units"])

@@ -30,8 +30,8 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 from csd.data.voc import NUM_CLASSES
+from csd.runtime.config import section
 
-MODEL_KEYS = ("embed_dim", "depth", "num_heads", "patch_size", "drop_path", "pretrained")
 DEIT_SMALL = {"embed_dim": 384, "depth": 12, "num_heads": 6, "patch_size": 16}
 TIMM_NAME = "deit_small_patch16_224"  # the timm weights behind `pretrained: imagenet`
 
@@ -216,11 +216,9 @@ def load_pretrained(model, pretrained):
 
 
 def build_mct(model_settings, img_size, cam_layers=3, refine=True, pretrained=True):
-    """MCTformer from a `train_mct.model` section (keys MODEL_KEYS); pretrained=False skips
-    the weights (rebuilding a trained model)."""
-    missing = [k for k in MODEL_KEYS if k not in model_settings]
-    if missing:
-        raise KeyError(f"settings 'train_mct.model' lacks keys {missing}")
+    """MCTformer from a `train_mct.model` section; pretrained=False skips the weights
+    (rebuilding a trained model)."""
+    section(model_settings, "train_mct.model")
     model = MCTformer(embed_dim=model_settings["embed_dim"], depth=model_settings["depth"],
                       num_heads=model_settings["num_heads"],
                       patch_size=model_settings["patch_size"], img_size=img_size,

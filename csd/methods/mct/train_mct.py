@@ -23,11 +23,8 @@ from csd.data.transforms import MEAN, STD, train_transform
 from csd.data.voc import VOCDataset, load_labels_for
 from csd.methods.classifier import Classifier
 from csd.methods.mct.mctformer import build_mct
-from csd.runtime.training import fit, require, seed_everything
-
-TRAIN_KEYS = ("seed", "model", "batch_size", "epochs", "lr", "lr_batch", "min_lr",
-              "warmup_lr", "warmup_epochs", "weight_decay", "crop", "scale", "auto_augment",
-              "re_prob", "resize_long", "flip", "cam_layers", "num_workers")
+from csd.runtime.config import section
+from csd.runtime.training import fit, seed_everything
 
 
 class TimmImageTransform:
@@ -66,7 +63,7 @@ def mct_transform(settings):
 
 def setup_mct(settings, ids, labels_csv, device, regime=None):
     """As csd.cam.train_cam.setup, for train_mct settings (CSD: the aligned crop pipeline)."""
-    require(settings, TRAIN_KEYS + ((regime,) if regime else ()), "train_mct")
+    section(settings, "train_mct", nested=(regime,) if regime else ())
     ids = [str(i) for i in ids]
     seed_everything(settings["seed"])
     labels = load_labels_for(labels_csv, ids)
