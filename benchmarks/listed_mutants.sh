@@ -46,7 +46,7 @@ EOF
     fi
 }
 
-CSD_UNIT=(tests/test_csd.py -k "hand_computed or composes or lambdas")
+CSD_UNIT=(tests/methods/test_csd.py -k "hand_computed or composes or lambdas")
 mutant csd_losses_times_0 csd/methods/csd/train.py \
     'loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]' \
     'loss = loss_cls + 0 * (settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"])' \
@@ -54,51 +54,51 @@ mutant csd_losses_times_0 csd/methods/csd/train.py \
 mutant csd_x_bg_pasted_with_fg_mask csd/methods/csd/train.py \
     'x_bg = paste(source, target, (1 - fg_mask) * batch["target_bg"])' \
     'x_bg = paste(source, target, fg_mask)' "${CSD_UNIT[@]}"
-mutant csd_pasted_class_dropped_from_y_fg csd/methods/csd/train.py \
+mutant csd_pasted_class_dropped_from_y_fg csd/methods/csd/sampling.py \
     'return torch.maximum(y_t, F.one_hot(batch["source_class"], NUM_CLASSES).to(y_t.dtype)), y_t' \
     'return y_t, y_t' "${CSD_UNIT[@]}"
 mutant csd_lambdas_ignored csd/methods/csd/train.py \
     'loss = loss_cls + settings["lambda_fg"] * terms["fg"] + settings["lambda_bg"] * terms["bg"]' \
     'loss = loss_cls + terms["fg"] + terms["bg"]' "${CSD_UNIT[@]}"
-mutant csd_reference_fg_term_reversed csd/methods/csd/train.py \
+mutant csd_reference_fg_term_reversed csd/methods/csd/losses.py \
     'loss_fg = kl_term(log_p[rows, source_class], log_q[rows, source_class])' \
     'loss_fg = kl_term(log_q[rows, source_class], log_p[rows, source_class])' \
     "${CSD_UNIT[@]}"
-mutant csd_reference_teacher_scaled_in_bg csd/methods/csd/train.py \
+mutant csd_reference_teacher_scaled_in_bg csd/methods/csd/losses.py \
     'log_p = F.log_softmax(with_background(teacher, background), dim=1)' \
     'log_p = F.log_softmax(with_background(teacher, background) * settings["bg_scale"], dim=1)' \
     "${CSD_UNIT[@]}"
-mutant csd_reference_bg_gated_like_fg csd/methods/csd/train.py \
+mutant csd_reference_bg_gated_like_fg csd/methods/csd/losses.py \
     '(loss_bg, bg_region, None, maps_bg, batch["target_label"])' \
     '(loss_bg, bg_region, fg_gate, maps_bg, batch["target_label"])' \
     "${CSD_UNIT[@]}"
 mutant csd_zeroed_targets csd/methods/csd/train.py \
     'x, y = batch["image"], batch["label"]' \
     'x, y = batch["image"], 0 * batch["label"]; batch["target_label"] = 0 * batch["target_label"]' \
-    tests/test_overfit.py -k "csd_classification"
+    tests/overfit/test_overfit.py -k "csd_classification"
 mutant cda_never_pastes csd/methods/cda.py \
     'images, targets = paste_batch(batch, cda["paste_fraction"])' \
-    'images, targets = batch["image"], batch["label"]' tests/test_csd.py -k with_instances
+    'images, targets = batch["image"], batch["label"]' tests/methods/test_cda.py -k with_instances
 mutant cda_zeroed_targets csd/methods/cda.py \
-    'return criterion(model(images.to(device)), targets.to(device)), {}' \
-    'return criterion(model(images.to(device)), 0 * targets.to(device)), {}' \
-    tests/test_overfit.py -k cda
+    'return criterion(model(images.to(device)).float(), targets.to(device)), {}' \
+    'return criterion(model(images.to(device)).float(), 0 * targets.to(device)), {}' \
+    tests/overfit/test_overfit.py -k cda
 mutant train_cam_zeroed_targets csd/cam/train_cam.py \
     'targets = batch["label"].to(device, non_blocking=True)' \
     'targets = 0 * batch["label"].to(device, non_blocking=True)' \
-    tests/test_overfit.py -k "train_cam_learns"
+    tests/overfit/test_overfit.py -k "train_cam_learns"
 mutant train_mct_zeroed_targets csd/methods/mct/train_mct.py \
     'targets = batch["label"].to(device, non_blocking=True).float()' \
     'targets = 0 * batch["label"].to(device, non_blocking=True).float()' \
-    tests/test_overfit.py -k mct
+    tests/overfit/test_overfit.py -k mct
 mutant train_irn_all_background_masks csd/irn/train_irn.py \
     'masks = batch["mask"].to(device, non_blocking=True)' \
-    'masks = 0 * batch["mask"].to(device, non_blocking=True)' tests/test_overfit.py -k irn
+    'masks = 0 * batch["mask"].to(device, non_blocking=True)' tests/overfit/test_overfit.py -k irn
 mutant train_seg_all_background_masks csd/seg/train_seg.py \
     'masks = batch["mask"].to(device, non_blocking=True)' \
-    'masks = 0 * batch["mask"].to(device, non_blocking=True)' tests/test_overfit.py -k seg
+    'masks = 0 * batch["mask"].to(device, non_blocking=True)' tests/overfit/test_overfit.py -k seg
 mutant make_cam_first_scale_only csd/cam/make_cam.py \
-    'for scale in scales:' 'for scale in scales[:1]:' tests/test_cam.py -k multiscale
+    'for scale in scales:' 'for scale in scales[:1]:' tests/cam/test_cam.py -k multiscale
 
 echo "$survived survived"
 [ "$survived" -eq 0 ]

@@ -1,5 +1,5 @@
 """Wall time of the tiny synthetic config (tests/conftest.py's TINY): locally at --cores 1
-and --cores 2, and through a one-node SLURM cluster (tests/slurm_cluster.py; needs root and
+and --cores 2, and through a one-node SLURM cluster (tests/workflow/slurm_cluster.py; needs root and
 Debian's slurmctld/slurmd/slurm-client, installed with apt if missing).
 
     python benchmarks/scaleout.py [--methods irn] [--skip-slurm]
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import TINY, snakemake, write_config
-from tests.slurm_cluster import (
+from tests.workflow.slurm_cluster import (
     SlurmCluster,
     install,
     snakemake_on_slurm,

@@ -50,8 +50,9 @@ RECORD = {"epoch", "lr", "loss", "grad_norm", "grad_norm_max", "precision", "thr
 
 
 PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18
-# The tiny synthetic config of the end-to-end runs (tests/test_pipeline.py, tests/test_slurm.py,
-# benchmarks/scaleout.py): every stage, three methods, a few seconds per job on a CPU.
+# The tiny synthetic config of the end-to-end runs (tests/workflow/test_pipeline.py,
+# tests/workflow/test_slurm.py, benchmarks/scaleout.py): every stage, three methods, a few
+# seconds per job on a CPU.
 TINY = {
     "methods": ["irn", "irn_csd", "irn_cda", "mct", "mct_csd"],
     "dataset": {"name": "toyvoc", "toyvoc": {

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, write_config
-from tests.slurm_cluster import (
+from tests.workflow.slurm_cluster import (
     SlurmCluster,
     install,
     snakemake_on_slurm,
@@ -87,7 +87,7 @@ def test_gpu_jobs_got_a_slurm_gpu(slurm_run):
 
 
 def test_slurm_run_computes_what_the_local_run_computes(slurm_run, tiny_run):
-    """Same threads per job (tests/slurm_profile), CPU only: every number and every pseudo
+    """Same threads per job (tests/workflow/slurm_profile), CPU only: every number and every pseudo
     mask equals the local --cores 2 run's."""
     ours, theirs = (run["work"] / "results/irn/seed0" for run in (slurm_run, tiny_run))
     for kind in ("seed", "mask", "val", "val_crf"):

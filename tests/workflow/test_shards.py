@@ -17,11 +17,11 @@ from csd.runtime.runner import shard
 from csd.runtime.store import merge_shards
 from csd.seg.deeplab import build_deeplab
 from csd.seg.infer_seg import infer_deeplab
+from tests.cam.test_cam import BACKBONE as CAM_BACKBONE
 from tests.conftest import make_voc
-from tests.test_cam import BACKBONE as CAM_BACKBONE
-from tests.test_deeplab import INFER, MODEL
-from tests.test_ir_label import SETTINGS as IR_LABEL
-from tests.test_irn import WALK, irn_settings
+from tests.irn.test_ir_label import SETTINGS as IR_LABEL
+from tests.irn.test_irn import WALK, irn_settings
+from tests.seg.test_deeplab import INFER, MODEL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,7 @@ from functools import partial
 import pytest
 
 from tests.conftest import REPO, TINY, copy_repo, planned_jobs, snakemake, write_config
-from tests.test_download import md5, voc_archives, voc_settings
+from tests.data.test_download import md5, voc_archives, voc_settings
 
 pytestmark = pytest.mark.workflow
 

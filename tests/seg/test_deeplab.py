@@ -22,8 +22,8 @@ from csd.seg.deeplab import (
 )
 from csd.seg.infer_seg import crf_refine, infer_deeplab, segment
 from csd.seg.train_seg import epochs_for, train_deeplab
+from tests.cam.test_cam import Killed, kill_after_first_epoch
 from tests.conftest import RECORD, layer_dtypes, make_voc
-from tests.test_cam import Killed, kill_after_first_epoch
 
 BACKBONE = {"depth": 18, "pretrained": None, "freeze_bn": True}
 MODEL = {"arch": "deeplab_v2", "backbone": BACKBONE, "aspp_rates": [6, 12, 18, 24]}

@@ -126,7 +126,7 @@ def test_slurm_profile_gives_every_gpu_rule_a_gpu_and_matching_threads():
 
     assert gpu_rules() == {"pretrain_backbone", "train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
                            "infer_seg"}
-    for path in ("profiles/slurm/config.yaml", "tests/slurm_profile/config.yaml"):
+    for path in ("profiles/slurm/config.yaml", "tests/workflow/slurm_profile/config.yaml"):
         profile = yaml.safe_load((REPO / path).read_text())
         resources, threads = profile["set-resources"], profile["set-threads"]
         for rule in gpu_rules():
@@ -145,7 +145,7 @@ def test_slurm_profile_gives_every_gpu_rule_a_gpu_and_matching_threads():
 def test_dry_run_with_the_slurm_profile(tmp_path):
     """What `snakemake --workflow-profile profiles/slurm` would submit: GPU rules on the GPU
     partition with one GPU and their set threads (a dry run does not show which rules are
-    local: tests/test_slurm.py checks that on a real cluster)."""
+    local: tests/workflow/test_slurm.py checks that on a real cluster)."""
     proc = snakemake(tmp_path, "-n", "--workflow-profile", str(REPO / "profiles/slurm"),
                      configs=[REPO / "config/demo.yaml"])
     text = proc.stdout + proc.stderr
@@ -160,7 +160,7 @@ def test_dry_run_with_the_slurm_profile(tmp_path):
 
 def test_every_rule_hashes_the_script_it_runs_as_its_code():
     """A rule's `code` param (common.smk, code_of) names the rule's own script; fetch_voc
-    has none: its archives alone decide whether it reruns (tests/test_rerun.py)."""
+    has none: its archives alone decide whether it reruns (tests/workflow/test_rerun.py)."""
     common = (REPO / "workflow/rules/common.smk").read_text()
     rules = 0
     for path in (REPO / "workflow/rules").glob("*.smk"):
@@ -182,7 +182,7 @@ def test_every_rule_hashes_the_script_it_runs_as_its_code():
 def test_an_empty_train_list_stops_the_run_in_build_splits(tmp_path):
     # Before any training (issue: an empty train.txt ran the whole DAG and died in overlays).
     from tests.conftest import write_config
-    from tests.test_splits import make_dataset
+    from tests.data.test_splits import make_dataset
 
     voc, sbd = make_dataset(tmp_path / "data")
     (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("")

@@ -21,8 +21,8 @@ from csd.methods.mct.mctformer import MCTformer, build_mct
 from csd.methods.mct.train_mct import MCT_CLASSIFIER, load_mct, train_mct
 from csd.runtime.io import save_torch
 from tests.conftest import layer_dtypes, make_voc
-from tests.test_csd import CSD as RESNET_CSD
-from tests.test_csd import POOLED as RESNET_POOLED
+from tests.methods.test_csd import CSD as RESNET_CSD
+from tests.methods.test_csd import POOLED as RESNET_POOLED
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,7 +299,7 @@ def test_augmentation_is_timms_randaugment_and_survives_the_top_magnitude():
 
 
 def test_train_mct_resume_equals_uninterrupted(voc, trained, tmp_path, monkeypatch):
-    from tests.test_cam import Killed, kill_after_first_epoch
+    from tests.cam.test_cam import Killed, kill_after_first_epoch
 
     root, ids, _ = voc
     out, history = trained

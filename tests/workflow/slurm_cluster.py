@@ -176,11 +176,11 @@ def snakemake_on_slurm(cluster, workdir, config, limit=1200, snakefile=None):
     `timeout -k 10 -s KILL` (Snakemake ignores SIGTERM while it waits on jobs)."""
     import sys
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cmd = ["timeout", "-k", "10", "-s", "KILL", str(limit), sys.executable, "-m", "snakemake",
            "-s", str(snakefile or repo / "Snakefile"), "-d", str(workdir),
            "--configfile", str(config), "--profile", str(repo / "profiles/slurm"),
-           "--workflow-profile", str(repo / "tests/slurm_profile")]
+           "--workflow-profile", str(repo / "tests/workflow/slurm_profile")]
     return subprocess.run(cmd, cwd=workdir, env=cluster.env, capture_output=True, text=True)
 
 

@@ -20,7 +20,7 @@ from csd.results.metrics import confusion_matrix, scores
 from csd.seg.deeplab import load_deeplab, predict_logits
 from csd.seg.train_seg import train_deeplab
 from tests.conftest import COLOURS, make_voc
-from tests.test_csd import CSD
+from tests.methods.test_csd import CSD
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -49,7 +49,7 @@ def test_run_produces_seed_and_mask_metrics(run, method):
         # Never below predicting background everywhere (seeds and masks use the image
         # labels). Not strictly above: the tiny irn/irn_cda classifiers (3 steps on a frozen
         # backbone pretrained on 32 images) stay on the all-negative plateau, their CAMs
-        # are exactly 0 and the seeds all background; tests/test_overfit.py is where every
+        # are exactly 0 and the seeds all background; tests/overfit/test_overfit.py is where every
         # trainer must be seen to learn.
         assert background <= metrics["miou"] <= 100
     assert {point["threshold"] for point in seed["curve"]} >= {0.05, 0.15, 0.5}
@@ -77,7 +77,7 @@ def test_run_trains_deeplab_and_evaluates_val_and_packs_test(run, method):
         # 6 DeepLab iterations need not beat background-only predictions, nor find any
         # class (irn_csd's DeepLab once scored 0.0: one absent class everywhere)
         assert metrics["n_images"] == len(val_ids) == 6 and 0 <= metrics["miou"] <= 100
-        # (tests/test_overfit.py shows DeepLab learning); the value must be the one its
+        # (tests/overfit/test_overfit.py shows DeepLab learning); the value must be the one its
         # saved predictions give
         saved = miou_of(run, "val", out / f"pred_{variant}/all")
         assert metrics["miou"] == pytest.approx(saved)
@@ -155,7 +155,7 @@ def test_csd_setting_reruns_only_the_csd_method(run):
 
 def jobs_after_editing(run, module):
     """The dry run's jobs once `module` (in the run's repo copy) has been edited (its code:
-    an edited comment reruns nothing, tests/test_rerun.py)."""
+    an edited comment reruns nothing, tests/workflow/test_rerun.py)."""
     path = run["repo"] / module
     original = path.read_text()
     path.write_text(original + "\n_EDITED = True\n")
