@@ -9,14 +9,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from csd.data.voc import (  # noqa: E402
-    CLASSES,
-    IGNORE,
-    VOCDataset,
-    load_image,
-    load_label_png,
-    palette,
-)
+from csd.data.voc import (CLASSES, IGNORE, VOCDataset, load_image,  # noqa: E402
+                          load_label_png, palette)
 from csd.results.metrics import seed_labels  # noqa: E402
 from csd.runtime.io import atomic_path, load_json  # noqa: E402
 from csd.runtime.store import find_in_dirs, load_cam_pack  # noqa: E402

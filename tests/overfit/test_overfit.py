@@ -64,14 +64,18 @@ def assert_labels_learnt(logits, ids, labels):
     assert accuracy >= LABEL_ACCURACY, (accuracy, constant)
 
 
-def test_train_cam_learns_the_labels(voc, tmp_path):
+def trained_logits(voc, tmp_path, train, load, settings):
+    """Train a classifier on the tiny set (its loss must fall); its logits on the set."""
     root, ids, labels = voc
-    history = train_cam(root, ids, root / "labels.csv", tmp_path / "m.pt", tmp_path / "h.json",
-                        CAM)
+    history = train(root, ids, root / "labels.csv", tmp_path / "m.pt", tmp_path / "h.json",
+                    settings)
     assert_loss_fell(history)
     with torch.no_grad():
-        logits = load_cam_net(tmp_path / "m.pt")(images_of(root, ids))
-    assert_labels_learnt(logits, ids, labels)
+        return load(tmp_path / "m.pt")(images_of(root, ids)), ids, labels
+
+
+def test_train_cam_learns_the_labels(voc, tmp_path):
+    assert_labels_learnt(*trained_logits(voc, tmp_path, train_cam, load_cam_net, CAM))
 
 
 CDA = {"area_range": [0.01, 1.0], "rotation": 90, "size_range": [0.3, 0.5],
@@ -131,12 +135,7 @@ MCT = {"seed": 0, "model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_
 
 
 def test_train_mct_learns_the_labels(voc, tmp_path):
-    root, ids, labels = voc
-    history = train_mct(root, ids, root / "labels.csv", tmp_path / "m.pt", tmp_path / "h.json",
-                        MCT)
-    assert_loss_fell(history)
-    with torch.no_grad():
-        logits = load_mct(tmp_path / "m.pt")(images_of(root, ids))
+    logits, ids, labels = trained_logits(voc, tmp_path, train_mct, load_mct, MCT)
     # The patch-CAM head; the class-token head learns slower (0.79 of the decisions right
     # after 60 steps)
     assert_labels_learnt(logits[:, 1], ids, labels)
