@@ -67,7 +67,8 @@ def make_cams(voc_root, ids, labels_csv, model_path, out_dir, settings, device="
               load=load_cam_net, precision="fp32"):
     """Write `<out_dir>/<id>.npz` for every id (ids already written are skipped).
     load(model_path, device) -> a model whose `cam(x)` gives [B, 20, h, w] maps (CAMNet, or
-    csd.methods.mct.train_mct.load_mct's MCTformer); it runs at `precision` (csd.runtime.precision)."""
+    csd.methods.mct.train_mct.load_mct's MCTformer); it runs at `precision`
+    (csd.runtime.precision)."""
     section(settings, "make_cam")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """IRN stage `train_irn`: learn class boundaries from the IR labels (edge branch only).
 
-The backbone is frozen (ImageNet weights as in IRN); only the edge branch learns, from pixel-pair affinities within `radius`
-on the stride-4 grid of each crop (csd.irn.edge_net). Resume works as in train_cam: a checkpoint
-after every epoch, each epoch's shuffle drawn from a generator seeded by (seed, epoch).
+The backbone is frozen (ImageNet weights as in IRN); only the edge branch learns, from
+pixel-pair affinities within `radius` on the stride-4 grid of each crop (csd.irn.edge_net).
+Resume works as in train_cam: a checkpoint after every epoch, each epoch's shuffle drawn
+from a generator seeded by (seed, epoch).
 """
 
 import torch

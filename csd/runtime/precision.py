@@ -107,7 +107,8 @@ def inference_model(stage, model, precision, device):
 
 
 def float32(x):
-    """A tensor, or a dataclass of tensors (csd.methods.mct.mctformer.Tokens), in float32 (in the graph)."""
+    """A tensor, or a dataclass of tensors (csd.methods.mct.mctformer.Tokens), in float32
+    (in the graph)."""
     if torch.is_tensor(x):
         return x.float()
     return dataclasses.replace(x, **{f.name: float32(getattr(x, f.name))

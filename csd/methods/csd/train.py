@@ -28,7 +28,8 @@ def feature_gradient_norms(features, terms):
     the decoupling losses are of the classification loss's size. Each is a backward pass
     through the heads only (the graph is kept for the training step), so it runs every
     step."""
-    tensors = [features] if torch.is_tensor(features) else [  # csd.methods.mct.mctformer.Tokens' fields
+    # features: a tensor, or csd.methods.mct.mctformer.Tokens (its tensor fields)
+    tensors = [features] if torch.is_tensor(features) else [
         t for t in vars(features).values() if torch.is_tensor(t)]
     tensors = [t for t in tensors if t.requires_grad]
     norms = {}
