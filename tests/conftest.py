@@ -121,9 +121,15 @@ def write_config(path, overrides):
 
 def copy_repo(source, dest, fresh_dates=False):
     """A copy of the repository's source (not its runs); fresh_dates: as `cp -r` gives."""
-    return shutil.copytree(source, dest, ignore=shutil.ignore_patterns(
-        ".git", ".venv", "data", "results", "logs", ".snakemake", "__pycache__", ".gpu_locks"),
-        copy_function=shutil.copyfile if fresh_dates else shutil.copy2)
+    source = Path(source)
+    runs = {".git", ".venv", "data", "results", "logs", ".snakemake", ".gpu_locks"}
+
+    def ignore(directory, names):  # the runs' folders at the top only (csd/data is code)
+        top = Path(directory) == source
+        return [n for n in names if n == "__pycache__" or (top and n in runs)]
+
+    return shutil.copytree(source, dest, ignore=ignore,
+                           copy_function=shutil.copyfile if fresh_dates else shutil.copy2)
 
 
 @pytest.fixture(scope="session")

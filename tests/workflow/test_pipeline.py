@@ -146,7 +146,7 @@ def test_csd_setting_reruns_only_the_csd_method(run):
     assert ("table", None) in jobs and ("train_cam", "mct_csd") in jobs
     assert {method for _, method in jobs} == {"irn_csd", "mct_csd", None}
     # an MCTformer-only CSD setting reruns mct_csd only
-    config = write_config(run["base"] / "csd_mct_changed.yaml", dict(TINY, csd_mct={"scale": 5}))
+    config = write_config(run["base"] / "csd_mct_changed.yaml", dict(TINY, csd_mct={"bg_scale": 5}))
     jobs = planned_jobs(snakemake(run["work"], "-n", configs=[config],
                                   snakefile=run["repo"] / "Snakefile"))
     assert ("train_cam", "mct_csd") in jobs

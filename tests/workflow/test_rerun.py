@@ -58,7 +58,8 @@ def edited(path, old, new):
 def test_a_code_edit_is_a_params_change(stand_in):
     run = stand_in["run"]
     assert nothing_to_do(run("-n"))
-    with edited(stand_in["repo"] / "csd/results/metrics.py", "\nimport", "\n_EDITED = True\nimport"):
+    metrics = stand_in["repo"] / "csd/results/metrics.py"
+    with edited(metrics, "\nimport", "\n_EDITED = True\nimport"):
         # the repository's profile, and Snakemake's own default rerun triggers (all)
         for text in (run("-n").stdout, run("-n", "--workflow-profile", "none").stdout):
             rules = re.search(r"params have changed since last execution:\n\s+(.*)", text)
@@ -70,9 +71,9 @@ def test_comments_docstrings_and_new_file_dates_plan_nothing(stand_in):
     io, script = repo / "csd/runtime/io.py", repo / "workflow/scripts/eval_cam.py"
     first_line = io.read_text().splitlines()[0]
     with edited(io, first_line, f"{first_line[:-3]} (edited).\"\"\"\n# a new comment"), \
-            edited(script, "import sys", "import sys  # a comment in a workflow script"):
+            edited(script, "import job\n", "import job  # a comment in a workflow script\n"):
         assert nothing_to_do(run("-n"))
-    for path in [*repo.glob("csd/*.py"), *repo.glob("workflow/**/*"), *repo.glob("config/*")]:
+    for path in [*repo.glob("csd/**/*.py"), *repo.glob("workflow/**/*"), *repo.glob("config/*")]:
         path.touch()
     assert nothing_to_do(run("-n"))
     # a copy of the checkout (new dates, another path) runs on the same results
@@ -84,12 +85,12 @@ def test_comments_docstrings_and_new_file_dates_plan_nothing(stand_in):
 @pytest.mark.parametrize("module, planned, not_planned, classifiers", [
     # the random walk (IRN's training and masks imports it): every method's IRN and masks,
     # then irn_csd's classifier (on irn's masks), not the CAMs of irn and mct
-    ("random_walk", {(rule, m) for rule in ("train_irn", "make_sem_seg") for m in METHODS},
+    ("irn/random_walk", {(rule, m) for rule in ("train_irn", "make_sem_seg") for m in METHODS},
      {(rule, m) for rule in ("make_cam", "cam_to_ir_label") for m in ("irn", "mct")},
      {"irn_csd"}),
-    ("decoupling", {("train_cam", "irn_csd"), ("make_cam", "irn_csd")},  # CSD: its run only
+    ("methods/csd/losses", {("train_cam", "irn_csd"), ("make_cam", "irn_csd")},  # CSD: its run
      {("make_cam", m) for m in ("irn", "mct")}, {"irn_csd"}),
-    ("train_mct", {("train_cam", "mct"), ("make_cam", "mct")},  # MCTformer: its run only
+    ("methods/mct/train_mct", {("train_cam", "mct"), ("make_cam", "mct")},  # MCTformer: its run
      {("make_cam", m) for m in ("irn", "irn_csd")}, {"mct"}),
 ])
 def test_a_code_edit_plans_the_stages_that_run_it(stand_in, module, planned, not_planned,
