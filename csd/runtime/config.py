@@ -41,6 +41,28 @@ def section_schema(path):
     return _resolve(node, root)
 
 
+@lru_cache(maxsize=None)
+def _section_check(path):
+    """(required keys without a schema default, a validator of the section's types and
+    ranges that lets undeclared keys pass), built once per section."""
+    root = _schema()
+    schema = deepcopy(section_schema(path))
+    properties = schema.get("properties", {})
+    optional = {k for k, v in properties.items() if "default" in _resolve(v, root)}
+    required = [k for k in schema.get("required", []) if k not in optional]
+    schema.pop("additionalProperties", None)
+    schema["required"] = []
+    schema["$defs"] = root.get("$defs", {})
+    return required, Draft202012Validator(schema)
+
+
+def _problems(validator, instance, prefix=()):
+    """One line per violation, `key.path: message`, sorted by key."""
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.absolute_path)))
+    return [f"  {'.'.join([*prefix, *map(str, e.absolute_path)]) or '(top level)'}: {e.message}"
+            for e in errors]
+
+
 def section(settings, path, nested=()):
     """`settings`, checked against the schema's section `path` (the one declaration of its
     keys, their types and ranges): a stage function is called without Snakemake too, so it
@@ -53,22 +75,13 @@ def section(settings, path, nested=()):
         if name not in settings:
             raise KeyError(f"settings '{path}' lacks keys {[name]}")
         section(settings[name], name)
-    schema = deepcopy(section_schema(path))
-    root = _schema()
-    properties = schema.get("properties", {})
-    optional = {k for k, v in properties.items() if "default" in _resolve(v, root)}
-    missing = [k for k in schema.get("required", []) if k not in settings and k not in optional]
+    required, validator = _section_check(path)
+    missing = [k for k in required if k not in settings]
     if missing:
         raise KeyError(f"settings '{path}' lacks keys {missing}")
-    schema.pop("additionalProperties", None)
-    schema["required"] = []
-    schema["$defs"] = root.get("$defs", {})
-    errors = sorted(Draft202012Validator(schema).iter_errors(settings),
-                    key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"  {'.'.join([path, *map(str, e.absolute_path)])}: {e.message}"
-                 for e in errors]
-        raise ConfigError(f"invalid settings '{path}':\n" + "\n".join(lines))
+    problems = _problems(validator, settings, [path])
+    if problems:
+        raise ConfigError(f"invalid settings '{path}':\n" + "\n".join(problems))
     return settings
 
 
@@ -86,12 +99,9 @@ def validate_config(config, schema_path):
     key is found without reading a schema dump.
     """
     schema = yaml.safe_load(Path(schema_path).read_text())
-    errors = sorted(Draft202012Validator(schema).iter_errors(config),
-                    key=lambda e: list(map(str, e.absolute_path)))
-    if errors:
-        lines = [f"  {'.'.join(map(str, e.absolute_path)) or '(top level)'}: {e.message}"
-                 for e in errors]
-        raise ConfigError("invalid configuration:\n" + "\n".join(lines))
+    problems = _problems(Draft202012Validator(schema), config)
+    if problems:
+        raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     from csd.methods.registry import METHODS
 
     unknown = [m for m in config.get("methods", []) if m not in METHODS]
@@ -133,7 +143,7 @@ def load_config_file(path):
     return data
 
 
-def check_config_files(paths, repo=Path(__file__).resolve().parents[2]):
+def check_config_files(paths, repo=SCHEMA.parents[2]):
     """The configuration `snakemake --configfile PATHS...` would run with (config/config.yaml
     deep-updated by each file, as Snakemake merges them), validated; ConfigError otherwise."""
     from snakemake.utils import update_config
@@ -141,7 +151,7 @@ def check_config_files(paths, repo=Path(__file__).resolve().parents[2]):
     config = load_config_file(repo / "config" / "config.yaml")
     for path in paths:
         update_config(config, load_config_file(path))
-    return validate_config(config, repo / "workflow" / "schemas" / "config.schema.yaml")
+    return validate_config(config, repo / SCHEMA.relative_to(SCHEMA.parents[2]))
 
 
 def main(argv=None):
