@@ -1,5 +1,6 @@
 """What every training stage shares: seeding, the poly schedule, the epoch loop with its
-checkpoint and resume, and the per-epoch history (the training curves)."""
+checkpoint and resume, and the per-epoch history (the training curves); and the ViTs'
+AdamW with warm-up + cosine (`fit_adamw`)."""
 
 import hashlib
 import json
@@ -192,3 +193,34 @@ def fit(name, model, optimizer, dataset, step, base_lrs, settings, model_out, hi
     save_json(history_out, history)
     checkpoint.remove()
     return history
+
+
+def adamw_groups(model, weight_decay):
+    """[no decay, decay] param groups as DeiT's: biases, norms and the names in the model's
+    `no_weight_decay()` get none."""
+    from timm.optim import param_groups_weight_decay
+
+    return param_groups_weight_decay(model, weight_decay,
+                                     no_weight_decay_list=model.no_weight_decay())
+
+
+def fit_adamw(name, model, dataset, step, lr, settings, model_out, history_out, device,
+              extras=None, precision="fp32"):
+    """`fit` with DeiT's optimiser: AdamW at `lr`, no weight decay on biases, norms and the
+    model's `no_weight_decay()` (tokens, position embeddings), the lr warmed up linearly from
+    `warmup_lr` over `warmup_epochs` then cosine to `min_lr`, per iteration (timm's)."""
+    from timm.scheduler import CosineLRScheduler
+
+    optimizer = torch.optim.AdamW(adamw_groups(model, settings["weight_decay"]), lr=lr)
+    steps_per_epoch = max(1, len(dataset) // settings["batch_size"])
+    scheduler = CosineLRScheduler(
+        optimizer, t_initial=steps_per_epoch * settings["epochs"], lr_min=settings["min_lr"],
+        warmup_t=steps_per_epoch * settings["warmup_epochs"],
+        warmup_lr_init=settings["warmup_lr"], t_in_epochs=False)
+
+    def schedule(global_step, total_steps):
+        scheduler.step_update(global_step)
+        return [group["lr"] for group in optimizer.param_groups]
+
+    return fit(name, model, optimizer, dataset, step, None, settings, model_out, history_out,
+               device, extras=extras, schedule=schedule, precision=precision)

@@ -20,6 +20,7 @@ from csd.methods.csd.train import Teacher, csd_step, train_cam_csd
 from csd.methods.mct.mctformer import MCTformer, build_mct
 from csd.methods.mct.train_mct import MCT_CLASSIFIER, load_mct, train_mct
 from csd.runtime.io import save_torch
+from csd.runtime.training import adamw_groups
 from tests.conftest import layer_dtypes, make_voc
 from tests.methods.test_csd import CSD as RESNET_CSD
 from tests.methods.test_csd import POOLED as RESNET_POOLED
@@ -167,7 +168,7 @@ def test_pretrained_deit_weights_fill_every_class_token(tmp_path, distilled):
 
 def test_weight_decay_skips_biases_norms_tokens_and_position_embeddings():
     model = tiny_model()
-    no_decay, decay = model.param_groups(0.05)
+    no_decay, decay = adamw_groups(model, 0.05)
     assert no_decay["weight_decay"] == 0 and decay["weight_decay"] == 0.05
     skipped = {id(p) for p in no_decay["params"]}
     for p in (model.class_tokens, model.class_pos, model.pos_embed, model.head.bias,

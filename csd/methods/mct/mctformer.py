@@ -80,17 +80,6 @@ class MCTformer(VisionTransformer):
     def no_weight_decay(self):
         return {"pos_embed", "class_tokens", "class_pos"}
 
-    def param_groups(self, weight_decay):
-        """AdamW groups as DeiT: no weight decay on biases, norms, tokens, position embeddings."""
-        decay, no_decay = [], []
-        skip = self.no_weight_decay()
-        for name, p in self.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
-        return [{"params": no_decay, "weight_decay": 0.0},
-                {"params": decay, "weight_decay": weight_decay}]
-
     def features(self, x):
         """One pass: Tokens (class tokens, patch tokens on their grid, every block's attention)."""
         x = self.patch_embed(x)  # [B, h, w, D]: dynamic_img_size keeps the grid

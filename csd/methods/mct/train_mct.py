@@ -17,14 +17,13 @@ import torch
 from PIL import Image
 from timm.data import create_transform
 from timm.data.auto_augment import LEVEL_TO_ARG, RandAugment
-from timm.scheduler import CosineLRScheduler
 
 from csd.data.transforms import MEAN, STD, train_transform
 from csd.data.voc import VOCDataset, load_labels_for
 from csd.methods.classifier import Classifier
 from csd.methods.mct.mctformer import build_mct
 from csd.runtime.config import section
-from csd.runtime.training import fit, seed_everything
+from csd.runtime.training import fit_adamw, seed_everything
 
 
 class TimmImageTransform:
@@ -85,22 +84,10 @@ def effective_lr(settings):
 
 def fit_mct(model, dataset, step, settings, model_out, history_out, device, extras=None,
             precision="fp32"):
-    """csd.runtime.training.fit with AdamW and the warm-up + cosine schedule per iteration."""
-    device = torch.device(device)
-    optimizer = torch.optim.AdamW(model.param_groups(settings["weight_decay"]),
-                                  lr=effective_lr(settings))
-    steps_per_epoch = max(1, len(dataset) // settings["batch_size"])
-    scheduler = CosineLRScheduler(
-        optimizer, t_initial=steps_per_epoch * settings["epochs"], lr_min=settings["min_lr"],
-        warmup_t=steps_per_epoch * settings["warmup_epochs"],
-        warmup_lr_init=settings["warmup_lr"], t_in_epochs=False)
-
-    def schedule(global_step, total_steps):
-        scheduler.step_update(global_step)
-        return [group["lr"] for group in optimizer.param_groups]
-
-    return fit("train_mct", model, optimizer, dataset, step, None, settings, model_out,
-               history_out, device, extras=extras, schedule=schedule, precision=precision)
+    """csd.runtime.training.fit_adamw at lr * batch_size / lr_batch (DeiT's scaling)."""
+    return fit_adamw("train_mct", model, dataset, step, effective_lr(settings), settings,
+                     model_out, history_out, torch.device(device), extras=extras,
+                     precision=precision)
 
 
 def loader(settings):
