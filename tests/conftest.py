@@ -50,6 +50,7 @@ RECORD = {"epoch", "lr", "loss", "grad_norm", "grad_norm_max", "precision", "thr
 
 
 PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18
+PRETRAINED_VIT = "data/pretrain/vit_e48_d2_p16.pth"  # pretrain_vit's output for its model
 # The tiny synthetic config of the end-to-end runs (tests/workflow/test_pipeline.py,
 # tests/workflow/test_slurm.py, benchmarks/scaleout.py): every stage, three methods, a few
 # seconds per job on a CPU.
@@ -67,9 +68,13 @@ TINY = {
                      "freeze_bn": True},
         "batch_size": 8, "epochs": 1, "momentum": 0.9, "resize_long": [64, 80], "crop": 64,
         "num_workers": 0},
+    "pretrain_vit": {"model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 16,
+                               "drop_path": 0.1},
+                     "n_images": 32, "epochs": 1, "batch_size": 16, "crop": 64,
+                     "resize_long": [64, 80]},
     "train_mct": {
         "model": {"embed_dim": 48, "depth": 2, "num_heads": 3, "patch_size": 16,
-                  "drop_path": 0.1, "pretrained": None},
+                  "drop_path": 0.1, "pretrained": PRETRAINED_VIT},
         "batch_size": 8, "epochs": 1, "warmup_epochs": 0, "crop": 64,
         "resize_long": [64, 80], "num_workers": 0},
     "make_cam": {"scales": [1.0, 0.5], "shards": 2},

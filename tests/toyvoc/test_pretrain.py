@@ -9,7 +9,8 @@ from csd.cam.cam_cells import cam_cells, output_stride
 from csd.cam.cam_net import CAMNet
 from csd.data.voc import CLASSES, IGNORE, palette
 from csd.runtime.io import load_json, save_png
-from csd.toyvoc.pretrain import NUM_TARGETS, pretrain_backbone, render_set
+from csd.methods.mct.mctformer import build_mct
+from csd.toyvoc.pretrain import NUM_TARGETS, pretrain_backbone, pretrain_vit, render_set
 from csd.toyvoc.world import CONTEXTS, plan_image
 from tests.conftest import layer_dtypes
 
@@ -60,23 +61,60 @@ def test_render_set_depends_on_the_generator_seed():
     assert not any(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(first, other))
 
 
-def test_pretraining_refuses_the_benchmarks_own_generator_seed(tmp_path):
+VIT_MODEL = dict(embed_dim=48, depth=2, num_heads=3, patch_size=8, drop_path=0.0)
+VIT = dict(seed=0, world=WORLD, n_images=48, model=VIT_MODEL, batch_size=4, epochs=20,
+           lr=1e-3, min_lr=1e-5, warmup_lr=1e-6, warmup_epochs=1, weight_decay=0.05,
+           resize_long=[48, 64], crop=32, flip=True, num_workers=0)
+
+
+@pytest.fixture(scope="module")
+def pretrained_vit(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain_vit")
+    history = pretrain_vit(out / "vit.pth", out / "model.pt", out / "history.json", VIT)
+    return out, history
+
+
+@pytest.mark.parametrize("pretrain, settings", [(pretrain_backbone, SETTINGS),
+                                                (pretrain_vit, VIT)])
+def test_pretraining_refuses_the_benchmarks_own_generator_seed(tmp_path, pretrain, settings):
     with pytest.raises(ValueError, match="dataset.toyvoc.seed"):
-        pretrain_backbone(tmp_path / "b.pth", tmp_path / "m.pt", tmp_path / "h.json",
-                          SETTINGS, benchmark_seed=WORLD["seed"])
+        pretrain(tmp_path / "b.pth", tmp_path / "m.pt", tmp_path / "h.json", settings,
+                 benchmark_seed=WORLD["seed"])
     assert not list(tmp_path.iterdir())
 
 
-def test_pretraining_learns(pretrained):
-    _, history = pretrained
-    assert len(history) == SETTINGS["epochs"]
+@pytest.mark.parametrize("fixture, factor", [("pretrained", 0.75), ("pretrained_vit", 0.95)])
+def test_pretraining_learns(request, fixture, factor):
+    _, history = request.getfixturevalue(fixture)
+    settings = SETTINGS if fixture == "pretrained" else VIT
+    assert len(history) == settings["epochs"]
     # The best constant predictor (each target's frequency) scores the mean binary entropy
-    # of the targets; the trained network must do far better on its own 48 images.
-    _, targets = render_set(WORLD, SETTINGS["n_images"])
+    # of the targets; the trained network must do better on its own 48 images.
+    _, targets = render_set(WORLD, settings["n_images"])
     p = targets.mean(0).clip(1e-6, 1 - 1e-6)
     constant = float(np.mean(-(p * np.log(p) + (1 - p) * np.log(1 - p))))
-    assert history[-1]["loss"] < 0.75 * constant
+    assert history[-1]["loss"] < factor * constant
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
+
+
+def test_vit_output_is_a_deit_file_that_mctformer_loads(pretrained_vit):
+    """The ViT's weights without its head, which train_mct.model.pretrained loads: every block,
+    the class token into each of the 20, the position table resampled to the larger grid."""
+    out, _ = pretrained_vit
+    state = torch.load(out / "vit.pth", weights_only=True)
+    assert not any(k.startswith("head.") for k in state)
+    assert state["pos_embed"].shape == (1, 1 + (VIT["crop"] // 8) ** 2, 48)
+    model = build_mct(dict(VIT_MODEL, pretrained=str(out / "vit.pth")), img_size=64)
+    for key in ("blocks.1.attn.qkv.weight", "blocks.0.mlp.fc1.bias", "patch_embed.proj.weight"):
+        assert torch.equal(model.state_dict()[key], state[key]), key
+    assert torch.equal(model.class_tokens, state["cls_token"].expand(1, 20, 48))
+    assert model.pos_embed.shape == (1, 64, 48)  # 4x4 table at crop 32 -> 8x8 grid at 64
+    # against a fresh model: the pretraining changed the weights
+    fresh = build_mct(dict(VIT_MODEL, pretrained=None), img_size=64)
+    assert not torch.equal(fresh.blocks[1].attn.qkv.weight, model.blocks[1].attn.qkv.weight)
+    # a train_mct shape that is not the file's is refused, naming the file
+    with pytest.raises((ValueError, RuntimeError), match="vit.pth|size mismatch"):
+        build_mct(dict(VIT_MODEL, embed_dim=96, pretrained=str(out / "vit.pth")), img_size=64)
 
 
 def test_output_is_a_torchvision_state_dict_that_backbone_pretrained_loads(pretrained):

@@ -217,12 +217,31 @@ def test_one_pretraining_serves_every_resnet_stage_of_every_run(run):
         assert torch.equal(seg["backbone.1.running_var"], pretrained["bn1.running_var"])
 
 
+def test_one_vit_pretraining_serves_both_mctformer_runs(run):
+    """pretrain_vit ran once; its weights file is a DeiT file (no head) of train_mct's shape,
+    and the MCTformer classifiers (the only ones naming it) are what a new one reruns."""
+    import torch
+
+    log = run["proc"].stdout + run["proc"].stderr
+    assert len(re.findall(r"^(local)?rule pretrain_vit:", log, re.M)) == 1
+    state = torch.load(run["work"] / TINY["train_mct"]["model"]["pretrained"], weights_only=True)
+    assert "cls_token" in state and not any(k.startswith("head.") for k in state)
+    changed = dict(TINY, pretrain_vit=dict(TINY["pretrain_vit"], epochs=2))
+    jobs = planned_jobs(snakemake(run["work"], "-n", configs=[
+        write_config(run["base"] / "vit_changed.yaml", changed)],
+        snakefile=run["repo"] / "Snakefile"))
+    assert ("pretrain_vit", None) in jobs
+    assert {("train_cam", "mct"), ("train_cam", "mct_csd")} <= jobs
+    assert not {("train_cam", m) for m in ("irn", "irn_csd", "irn_cda")} & jobs
+    assert ("pretrain_backbone", None) not in jobs
+
+
 def test_thread_setting_reruns_the_torch_stages_and_not_the_data(run):
     """Outputs depend on the thread count: a new job_threads reruns every torch stage."""
     config = write_config(run["base"] / "threads_changed.yaml", dict(TINY, job_threads=1))
     jobs = planned_jobs(snakemake(run["work"], "-n", configs=[config],
                                   snakefile=run["repo"] / "Snakefile"))
-    assert ("pretrain_backbone", None) in jobs
+    assert ("pretrain_backbone", None) in jobs and ("pretrain_vit", None) in jobs
     for rule in ("train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
                  "infer_seg"):
         assert {(rule, m) for m in TINY["methods"]} <= jobs, rule
@@ -239,5 +258,5 @@ def test_pretraining_setting_reruns_pretraining_and_the_resnet_stages(run):
     assert {("train_irn", m) for m in TINY["methods"]} <= jobs
     # the ViT classifier does not start from the ResNet (mct_csd's does rerun: its round-0
     # masks come from mct's IRN, which does)
-    assert ("train_cam", "mct") not in jobs
+    assert ("train_cam", "mct") not in jobs and ("pretrain_vit", None) not in jobs
     assert ("make_toyvoc", None) not in jobs and ("build_splits", None) not in jobs

@@ -29,15 +29,18 @@ def test_dry_run_of_shipped_configs(tmp_path, configs, expected_rules):
     assert re.search(r"^train_cam\s+5\s*$", table, re.M), table
 
 
-def test_dry_run_of_the_benchmark_runs_three_methods_on_three_seeds(tmp_path):
+def test_dry_run_of_the_benchmark_runs_five_methods_on_three_seeds(tmp_path):
     proc = snakemake(tmp_path, "-n", configs=[REPO / "config/benchmark.yaml"])
     text = proc.stdout + proc.stderr
-    assert re.search(r"^train_cam\s+9\s*$", text, re.M), text
+    assert re.search(r"^train_cam\s+15\s*$", text, re.M), text
+    # one pretraining of each network serves every method and seed
+    assert re.search(r"^pretrain_backbone\s+1\s*$", text, re.M), text
+    assert re.search(r"^pretrain_vit\s+1\s*$", text, re.M), text
     # its own directories: the demo (results/, data/, logs/) never overwrites it
     assert "results/benchmark/table.csv" in text
     assert "data/benchmark/splits/toyvoc/train_aug.txt" in text
     assert "logs/benchmark/irn/seed0/train_cam.log" in text
-    for method in ("irn", "irn_csd", "irn_cda"):
+    for method in ("irn", "irn_csd", "irn_cda", "mct", "mct_csd"):
         for seed in (0, 1, 2):
             assert f"results/benchmark/{method}/seed{seed}/mask_metrics.json" in text
 
@@ -124,7 +127,7 @@ def gpu_rules():
 def test_slurm_profile_gives_every_gpu_rule_a_gpu_and_matching_threads():
     import yaml
 
-    assert gpu_rules() == {"pretrain_backbone", "train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
+    assert gpu_rules() == {"pretrain_backbone", "pretrain_vit", "train_cam", "make_cam", "train_irn", "make_sem_seg", "train_seg",
                            "infer_seg"}
     for path in ("profiles/slurm/config.yaml", "tests/workflow/slurm_profile/config.yaml"):
         profile = yaml.safe_load((REPO / path).read_text())

@@ -131,15 +131,18 @@ def resnet_stage_settings(stage):
 # The procedural pretraining's backbone file (workflow/rules/pretrain.smk): a stage uses it
 # by naming this path as its `backbone.pretrained`.
 PRETRAINED = f"{DATA}/pretrain/resnet{config['pretrain_backbone']['depth']}.pth"
+_VIT = config["pretrain_vit"]["model"]
+# pretrain_vit's DeiT-format file, for train_mct.model.pretrained.
+PRETRAINED_VIT = (f"{DATA}/pretrain/vit_e{_VIT['embed_dim']}_d{_VIT['depth']}"
+                  f"_p{_VIT['patch_size']}.pth")
 # toyvoc keys that only size the benchmark's splits: not part of the pretraining world.
 SPLIT_SIZES = ("n_train", "n_val", "n_test", "n_sbd_train", "n_sbd_val", "sbd_overlap")
 
 
-def pretrain_settings():
-    """pretrain_backbone's settings; its world is the benchmark's toyvoc world (the same
-    context ties) with `pretrain_backbone.world` laid over it (its own generator seed)."""
-    settings = {k: v for k, v in config["pretrain_backbone"].items()
-                if k not in ("threads", "precision")}
+def pretrain_settings(stage):
+    """A pretraining stage's settings; its world is the benchmark's toyvoc world (the same
+    context ties) with the stage's `world` laid over it (its own generator seed)."""
+    settings = {k: v for k, v in config[stage].items() if k not in ("threads", "precision")}
     world = {k: v for k, v in config["dataset"]["toyvoc"].items() if k not in SPLIT_SIZES}
     settings["world"] = {**world, **settings["world"]}
     return settings

@@ -11,7 +11,7 @@ rule pretrain_backbone:
     params:
         code=code_of("pretrain_backbone"),
         threads=threads_setting("pretrain_backbone"),
-        settings=pretrain_settings(),
+        settings=pretrain_settings("pretrain_backbone"),
         benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
         precision=precision_of("pretrain_backbone"),
         lock_dir=config["gpu_lock_dir"],
@@ -26,3 +26,30 @@ rule pretrain_backbone:
         ENV
     script:
         "../scripts/pretrain_backbone.py"
+
+
+# The same for MCTformer's ViT: its file is used by setting train_mct.model.pretrained to
+# PRETRAINED_VIT (classifier_pretrained in common.smk makes it an input of train_cam).
+rule pretrain_vit:
+    output:
+        vit=PRETRAINED_VIT,
+        model=f"{DATA}/pretrain/pretrain_vit_model.pt",
+        history=f"{DATA}/pretrain/pretrain_vit_history.json",
+    params:
+        code=code_of("pretrain_vit"),
+        threads=threads_setting("pretrain_vit"),
+        settings=pretrain_settings("pretrain_vit"),
+        benchmark_seed=config["dataset"]["toyvoc"]["seed"] if DATASET == "toyvoc" else None,
+        precision=precision_of("pretrain_vit"),
+        lock_dir=config["gpu_lock_dir"],
+    threads: job_threads("pretrain_vit")
+    resources:
+        gpu=GPU,
+    log:
+        f"{LOGS}/pretrain/pretrain_vit.log",
+    benchmark:
+        f"{LOGS}/benchmark/pretrain/pretrain_vit.tsv"
+    conda:
+        ENV
+    script:
+        "../scripts/pretrain_vit.py"
