@@ -3,8 +3,9 @@
     python benchmarks/cam_scales.py [--config config/benchmark.yaml [OVERLAY ...]]
         [--method irn] [--seed 0] [--workdir .] [--scales 1.0 1.5 2.0] [--images N]
 
-Runs the run's trained classifier (cam_model.pt) once per image and scale (with flips, as
-make_cam), then prints, for every subset of the scales, the seed mIoU at eval_cam's
+Runs the run's trained classifier (cam_model.pt, of the method's kind: a CAMNet or an
+MCTformer, loaded with make_cam's settings for that kind) once per image and scale (with
+flips, as make_cam), then prints, for every subset of the scales, the seed mIoU at eval_cam's
 threshold and at the best of its curve, and the CPU seconds per image that subset costs.
 make_cam sums its scales' maps before normalising, so a subset's CAM is the sum of its
 scales' maps. Method settings are chosen here on train, never on val.
@@ -17,9 +18,10 @@ import numpy as np
 from stage_ladder import open_run, run_parser, splits_dir
 
 from csd.cam.make_cam import multiscale_cam, normalize_max
-from csd.cam.train_cam import load_cam_net
 from csd.data.voc import load_image, load_label_png, load_labels_for
+from csd.methods.registry import CLASSIFIERS, METHODS
 from csd.results.metrics import N_LABELS, confusion_matrix, scores, seed_labels
+from csd.runtime.runner import load
 
 
 def main():
@@ -29,10 +31,12 @@ def main():
     args = parser.parse_args()
     config, run, voc_root, ids = open_run(args)
     ids = ids[:args.images]
-    flip = config["make_cam"]["flip"]
     thresholds = sorted({config["eval_cam"]["bg_threshold"],
                          *config["eval_cam"]["curve_thresholds"]})
-    model = load_cam_net(run / "cam_model.pt", "cpu")
+    kind = METHODS[args.method].classifier
+    settings = {**config["make_cam"], **config.get(f"make_cam_{kind}", {})}  # as the workflow
+    model = load(CLASSIFIERS[kind].interface).loader(settings)(run / "cam_model.pt", "cpu")
+    flip = settings["flip"]
     labels = load_labels_for(splits_dir(config, args.workdir) / "labels.csv", ids)
     subsets = [c for r in range(1, len(args.scales) + 1)
                for c in itertools.combinations(range(len(args.scales)), r)]
