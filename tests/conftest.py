@@ -52,7 +52,7 @@ RECORD = {"epoch", "lr", "loss", "grad_norm", "grad_norm_max", "precision", "thr
 PRETRAINED = "data/pretrain/resnet18.pth"  # pretrain_backbone's output at depth 18
 PRETRAINED_VIT = "data/pretrain/vit_e48_d2_p16.pth"  # pretrain_vit's output for its model
 # The tiny synthetic config of the end-to-end runs (tests/workflow/test_pipeline.py,
-# tests/workflow/test_slurm.py, benchmarks/scaleout.py): every stage, three methods, a few
+# tests/workflow/test_slurm.py, benchmarks/scaleout.py): every stage, the five methods, a few
 # seconds per job on a CPU.
 TINY = {
     "methods": ["irn", "irn_csd", "irn_cda", "mct", "mct_csd"],

@@ -39,7 +39,14 @@ def test_published_demo_and_benchmark_configs_validate():
     config = merged({**demo, **benchmark})
     validate_config(config, SCHEMA)
     assert config["seeds"] == [0, 1, 2]
-    assert config["methods"] == ["irn", "irn_csd", "irn_cda"]
+    assert config["methods"] == ["irn", "irn_csd", "irn_cda", "mct", "mct_csd"]
+    # both start MCTformer from their own pretrain_vit file, of train_mct's shape
+    for published in (merged(demo), config):
+        vit, mct = published["pretrain_vit"]["model"], published["train_mct"]["model"]
+        assert {k: mct[k] for k in vit if k != "drop_path"} == {
+            k: v for k, v in vit.items() if k != "drop_path"}
+        assert mct["pretrained"] == (f"{published['data_dir']}/pretrain/vit_e{vit['embed_dim']}"
+                                     f"_d{vit['depth']}_p{vit['patch_size']}.pth")
 
 
 @pytest.mark.parametrize("overrides, key, words", [
